@@ -1,0 +1,226 @@
+//! The conversation layout the model sees — our contract with the model and with saved sessions.
+//!
+//! For each turn, in order: the embeddings of that turn's images (num_query_tokens each, in the
+//! order given), then `<human>:` + query + `\n<bot>:`, and for finished turns the answer + `\n`.
+//! Text between two image slots is tokenized as one piece; the first text piece starts with the
+//! vision config's `prompt_prefix` and is encoded with the tokenizer's special tokens (BOS), later
+//! pieces without. Role names come from the vision config.json.
+//!
+//! The real model's training template cannot be checked here, so everything about it lives in
+//! [`ChatTemplate`]: change the separator there and nowhere else.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::model::config::VisionRepoConfig;
+use crate::tokenizer::ChatTokenizer;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTemplate {
+    pub human: String,
+    pub bot: String,
+    pub prompt_prefix: String,
+}
+
+impl ChatTemplate {
+    pub fn from_config(cfg: &VisionRepoConfig) -> Self {
+        Self {
+            human: cfg.human_name.clone(),
+            bot: cfg.assistant_name.clone(),
+            prompt_prefix: cfg.prompt_prefix.clone(),
+        }
+    }
+
+    /// The text that asks a question and hands the turn to the model.
+    pub fn question(&self, query: &str) -> String {
+        format!("{}:{}\n{}:", self.human, query, self.bot)
+    }
+
+    /// The text that follows a finished answer.
+    pub fn answer(&self, answer: &str) -> String {
+        format!("{answer}\n")
+    }
+}
+
+/// An image as the model pipeline gets it: its content hash (the identity used for caching and
+/// in session files), a display name, and the encoded bytes.
+#[derive(Clone)]
+pub struct ImageData {
+    pub hash: String,
+    pub name: String,
+    pub bytes: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for ImageData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageData({}, {} bytes)", self.name, self.bytes.len())
+    }
+}
+
+impl ImageData {
+    pub fn new(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Self {
+        let bytes = bytes.into();
+        Self { hash: content_hash(&bytes), name: name.into(), bytes }
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One turn of a conversation; `answer` is `None` for the turn being asked.
+#[derive(Debug, Clone)]
+pub struct ChatTurn {
+    pub images: Vec<ImageData>,
+    pub query: String,
+    pub answer: Option<String>,
+}
+
+/// A piece of the prompt: text to tokenize, or the slot of an image (index into the images list
+/// in order of appearance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Text(String),
+    Image(usize),
+}
+
+/// Lays out the turns as text pieces and image slots.
+pub fn segments(template: &ChatTemplate, turns: &[ChatTurn]) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut image_index = 0;
+    let mut first_text = true;
+    let push_text = |out: &mut Vec<Segment>, text: &mut String, first: &mut bool| {
+        if text.is_empty() {
+            return;
+        }
+        let mut piece = std::mem::take(text);
+        if *first {
+            piece.insert_str(0, &template.prompt_prefix);
+            *first = false;
+        }
+        out.push(Segment::Text(piece));
+    };
+    for turn in turns {
+        for _ in &turn.images {
+            push_text(&mut out, &mut text, &mut first_text);
+            out.push(Segment::Image(image_index));
+            image_index += 1;
+        }
+        text.push_str(&template.question(&turn.query));
+        if let Some(answer) = &turn.answer {
+            text.push_str(&template.answer(answer));
+        }
+    }
+    push_text(&mut out, &mut text, &mut first_text);
+    out
+}
+
+/// A position's identity in the prompt, used to find how much of a cached prompt is reusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptItem {
+    Token(u32),
+    /// Query token `slot` of the image with this content hash.
+    Image {
+        hash: Arc<str>,
+        slot: usize,
+    },
+}
+
+/// The tokenized prompt: pieces of token ids and image slots, plus the images in order.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub pieces: Vec<PromptPiece>,
+    pub images: Vec<ImageData>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptPiece {
+    Tokens(Vec<u32>),
+    Image(usize),
+}
+
+impl Prompt {
+    pub fn build(template: &ChatTemplate, tokenizer: &ChatTokenizer, turns: &[ChatTurn]) -> Result<Self> {
+        let mut pieces = Vec::new();
+        let mut first = true;
+        for seg in segments(template, turns) {
+            match seg {
+                Segment::Text(text) => {
+                    pieces.push(PromptPiece::Tokens(tokenizer.encode(&text, first)?));
+                    first = false;
+                }
+                Segment::Image(i) => pieces.push(PromptPiece::Image(i)),
+            }
+        }
+        let images = turns.iter().flat_map(|t| t.images.iter().cloned()).collect();
+        Ok(Self { pieces, images })
+    }
+
+    /// The identity of every position, given `query_tokens` positions per image.
+    pub fn items(&self, query_tokens: usize) -> Vec<PromptItem> {
+        let mut out = Vec::new();
+        for piece in &self.pieces {
+            match piece {
+                PromptPiece::Tokens(ids) => out.extend(ids.iter().map(|&id| PromptItem::Token(id))),
+                PromptPiece::Image(i) => {
+                    let hash: Arc<str> = self.images[*i].hash.as_str().into();
+                    out.extend((0..query_tokens).map(|slot| PromptItem::Image { hash: hash.clone(), slot }));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn len(&self, query_tokens: usize) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                PromptPiece::Tokens(ids) => ids.len(),
+                PromptPiece::Image(_) => query_tokens,
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(prefix: &str) -> ChatTemplate {
+        ChatTemplate { human: "<human>".into(), bot: "<bot>".into(), prompt_prefix: prefix.into() }
+    }
+
+    fn img(name: &str) -> ImageData {
+        ImageData::new(name, name.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn turns_interleave_images_and_text_pieces() {
+        let turns = vec![
+            ChatTurn { images: vec![img("a"), img("b")], query: "q1".into(), answer: Some("a1".into()) },
+            ChatTurn { images: vec![], query: "q2".into(), answer: Some("a2".into()) },
+            ChatTurn { images: vec![img("c")], query: "q3".into(), answer: None },
+        ];
+        let segs = segments(&template("SYS "), &turns);
+        assert_eq!(
+            segs,
+            vec![
+                Segment::Image(0),
+                Segment::Image(1),
+                Segment::Text("SYS <human>:q1\n<bot>:a1\n<human>:q2\n<bot>:a2\n".into()),
+                Segment::Image(2),
+                Segment::Text("<human>:q3\n<bot>:".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn text_only_conversation_is_one_piece() {
+        let turns = vec![ChatTurn { images: vec![], query: "你好".into(), answer: None }];
+        assert_eq!(segments(&template(""), &turns), vec![Segment::Text("<human>:你好\n<bot>:".into())]);
+    }
+}

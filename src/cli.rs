@@ -1,0 +1,191 @@
+//! Command-line interface. `ziya-visual` alone opens the window; `ziya-visual ask …` answers one
+//! question headlessly (tests, benchmarks and scripts drive it; its contract is fixed).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::chat::ImageData;
+use crate::device::{device_name, dtype_name, parse_dtype, select_device};
+use crate::error::{Error, Result};
+use crate::inference::{Pipeline, Timings};
+use crate::model::weights::LoadCounter;
+use crate::model::ModelSpec;
+use crate::sampling::SamplingParams;
+use crate::session::{ImageStorage, ModelInfo, Session, TurnStats};
+
+#[derive(Debug, Parser)]
+#[command(name = "ziya-visual", version, about = "Talk about your photos with the Ziya-Visual model")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Vision model folder (Ziya-BLIP2-14B-Visual-v1) to load when the window opens.
+    #[arg(long, global = false)]
+    pub vision_model: Option<PathBuf>,
+    /// LLM folder (Ziya-LLaMA-13B-v1, merged) to load when the window opens.
+    #[arg(long)]
+    pub llm_model: Option<PathBuf>,
+    /// Device for the window's model: cpu, cuda or metal.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Precision for the window's model: f32, f16 or bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer one question about zero or more images, printing the answer as it is generated.
+    Ask(AskArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// Folder of the vision model (Ziya-BLIP2-14B-Visual-v1).
+    #[arg(long)]
+    pub vision_model: PathBuf,
+    /// Folder of the LLaMA model (Ziya-LLaMA-13B-v1, merged with its base).
+    #[arg(long)]
+    pub llm_model: PathBuf,
+    /// An image for this question; repeat for several, in order.
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    /// Continue the conversation saved in this session file.
+    #[arg(long)]
+    pub session: Option<PathBuf>,
+    /// Write the conversation, including this turn, to this session file (may equal --session).
+    #[arg(long)]
+    pub save_session: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.1)]
+    pub top_p: f32,
+    /// 0 turns top-k off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// 1.0 turns the repetition penalty off.
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// cpu, cuda or metal (falls back to the CPU, saying why, when unavailable).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Generate exactly --max-new-tokens tokens (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print one JSON object instead of streaming the answer.
+    #[arg(long)]
+    pub json: bool,
+    /// The question.
+    pub query: String,
+}
+
+#[derive(Serialize)]
+struct AskJson<'a> {
+    text: &'a str,
+    token_ids: &'a [u32],
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    device: &'a str,
+    dtype: &'a str,
+    timings: Timings,
+}
+
+/// Reads an image file given on the command line, checking that it decodes.
+pub fn read_image_file(path: &std::path::Path) -> Result<ImageData> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+    // Decode once now so a bad file is reported before minutes of model loading.
+    crate::preprocess::decode_rgb(&bytes, &path.display().to_string())?;
+    Ok(ImageData::new(name, bytes))
+}
+
+pub fn run_ask(args: &AskArgs) -> Result<()> {
+    let params = SamplingParams {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        repeat_penalty: args.repeat_penalty,
+        seed: args.seed,
+        ignore_eos: args.ignore_eos,
+    };
+    params.validate().map_err(Error::Request)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let (device, why_not) = select_device(&args.device)?;
+    if let Some(reason) = why_not {
+        eprintln!("warning: {reason}; running on the CPU");
+    }
+    let images = args.images.iter().map(|p| read_image_file(p)).collect::<Result<Vec<_>>>()?;
+    let mut session = match &args.session {
+        Some(p) => Session::load(p)?,
+        None => Session::new(),
+    };
+    let turns = session.chat_turns(&args.query, &images)?;
+
+    let t = Instant::now();
+    let spec = ModelSpec { vision_dir: args.vision_model.clone(), llm_dir: args.llm_model.clone(), dtype, device };
+    let mut pipeline = Pipeline::load(&spec, Arc::new(LoadCounter::default()))?;
+    let load_s = t.elapsed().as_secs_f64();
+
+    let stdout = std::io::stdout();
+    let stream = !args.json;
+    let mut out = stdout.lock();
+    let mut on_text = |delta: &str| {
+        if stream && !delta.is_empty() {
+            // A closed pipe (`| head`) is not a reason to stop generating the session's answer.
+            let _ = out.write_all(delta.as_bytes());
+            let _ = out.flush();
+        }
+        true
+    };
+    let mut gen = pipeline.generate(&turns, &params, &mut on_text)?;
+    gen.timings.load_s = load_s;
+    if stream {
+        let _ = writeln!(out);
+    }
+
+    if let Some(path) = &args.save_session {
+        session.model = Some(ModelInfo {
+            vision_model: args.vision_model.display().to_string(),
+            llm_model: args.llm_model.display().to_string(),
+            dtype: dtype_name(pipeline.dtype()).into(),
+            device: device_name(pipeline.device()).into(),
+        });
+        session.settings = Some(params.clone());
+        let stats = TurnStats {
+            prompt_tokens: gen.prompt_tokens,
+            generated_tokens: gen.generated_tokens(),
+            stop: gen.stop,
+            timings: gen.timings,
+        };
+        session.push_turn(&images, &args.query, &gen.text, &gen.token_ids, Some(stats));
+        session.save(path, ImageStorage::Beside)?;
+    }
+
+    if args.json {
+        let json = AskJson {
+            text: &gen.text,
+            token_ids: &gen.token_ids,
+            prompt_tokens: gen.prompt_tokens,
+            generated_tokens: gen.generated_tokens(),
+            device: device_name(pipeline.device()),
+            dtype: dtype_name(pipeline.dtype()),
+            timings: gen.timings,
+        };
+        let text = serde_json::to_string(&json).map_err(|e| Error::Request(e.to_string()))?;
+        let _ = writeln!(out, "{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! ziya-visual: talk about photos with the Ziya-Visual multimodal model (BLIP-2 vision +
+//! Q-Former + projection feeding Ziya-LLaMA), natively, with streaming answers.
+
+pub mod chat;
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod inference;
+pub mod model;
+pub mod preprocess;
+pub mod sampling;
+pub mod session;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,320 @@
+//! A LLaMA decoder (`LlamaForCausalLM`) that takes input embeddings, so image embeddings can sit
+//! between text tokens, and keeps its keys and values in a [`KvCache`] owned by the caller.
+
+use candle_core::{DType, Device, Module, Result as CResult, Tensor};
+use candle_nn::{Activation, Embedding};
+
+use super::config::LlamaConfig;
+use super::layers::{attention, embedding, merge_heads, F32RmsNorm, Linear};
+use super::weights::Weights;
+use crate::error::{Error, Result};
+
+/// Keys and values of every layer for the positions computed so far. Buffers grow in steps and
+/// can be truncated, so a new prompt that starts with the cached positions only computes the rest.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+#[derive(Default)]
+struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+/// Positions added to a cache buffer at a time when it must grow.
+const CACHE_STEP: usize = 256;
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of positions held.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        for layer in &mut self.layers {
+            layer.len = layer.len.min(len);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.clear();
+    }
+
+    fn layer(&mut self, i: usize) -> &mut LayerCache {
+        if self.layers.len() <= i {
+            self.layers.resize_with(i + 1, LayerCache::default);
+        }
+        &mut self.layers[i]
+    }
+}
+
+impl LayerCache {
+    /// Appends (1, kv_heads, n, head_dim) keys and values; returns all cached ones.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> CResult<(Tensor, Tensor)> {
+        let n = k.dim(2)?;
+        let need = self.len + n;
+        let capacity = self.k.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
+        if need > capacity {
+            let new_cap = need.next_multiple_of(CACHE_STEP).max(capacity * 2);
+            let grow = |old: &Option<Tensor>, like: &Tensor| -> CResult<Tensor> {
+                let (b, h, _, d) = like.dims4()?;
+                let buf = Tensor::zeros((b, h, new_cap, d), like.dtype(), like.device())?;
+                if let Some(old) = old {
+                    if self.len > 0 {
+                        buf.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            let kb = grow(&self.k, k)?;
+            let vb = grow(&self.v, v)?;
+            self.k = Some(kb);
+            self.v = Some(vb);
+        }
+        let (kb, vb) = match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => candle_core::bail!("kv cache buffers missing after growth"),
+        };
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+    }
+}
+
+struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let kv = cfg.num_kv_heads() * hd;
+        Ok(Self {
+            q_proj: Linear::load(&w.pp("q_proj"), d, d, false)?,
+            k_proj: Linear::load(&w.pp("k_proj"), d, kv, false)?,
+            v_proj: Linear::load(&w.pp("v_proj"), d, kv, false)?,
+            o_proj: Linear::load(&w.pp("o_proj"), d, d, false)?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_kv_heads(),
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> CResult<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        let shape = |t: Tensor, h: usize| -> CResult<Tensor> {
+            t.reshape((b, n, h, self.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = shape(self.q_proj.forward(xs)?, self.heads)?;
+        let k = shape(self.k_proj.forward(xs)?, self.kv_heads)?;
+        let v = shape(self.v_proj.forward(xs)?, self.kv_heads)?;
+        let q = rope.apply(&q, offset)?;
+        let k = rope.apply(&k, offset)?;
+        let (k, v) = cache.append(&k, &v)?;
+        let rep = self.heads / self.kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?;
+        let out = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), mask)?;
+        self.o_proj.forward(&merge_heads(&out)?)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: Linear::load(&w.pp("gate_proj"), d, i, false)?,
+            up_proj: Linear::load(&w.pp("up_proj"), d, i, false)?,
+            down_proj: Linear::load(&w.pp("down_proj"), i, d, false)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
+        let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: F32RmsNorm,
+    self_attn: SelfAttention,
+    post_attention_layernorm: F32RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+        let eps = cfg.rms_norm_eps;
+        Ok(Self {
+            input_layernorm: F32RmsNorm::load(&w.pp("input_layernorm"), cfg.hidden_size, eps)?,
+            self_attn: SelfAttention::load(&w.pp("self_attn"), cfg)?,
+            post_attention_layernorm: F32RmsNorm::load(&w.pp("post_attention_layernorm"), cfg.hidden_size, eps)?,
+            mlp: Mlp::load(&w.pp("mlp"), cfg)?,
+        })
+    }
+}
+
+/// Rotary position embeddings, `rotate_half` form as HF LLaMA checkpoints expect.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &LlamaConfig, dtype: DType, device: &Device) -> CResult<Self> {
+        let hd = cfg.head_dim();
+        let max = cfg.max_position_embeddings;
+        // As transformers: inv_freq in f32, positions × inv_freq in f32, then cos/sin.
+        let inv_freq: Vec<f32> =
+            (0..hd).step_by(2).map(|i| 1.0 / (cfg.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+        let mut freqs = Vec::with_capacity(max * hd / 2);
+        for p in 0..max {
+            freqs.extend(inv_freq.iter().map(|f| p as f32 * f));
+        }
+        let freqs = Tensor::from_vec(freqs, (max, hd / 2), device)?;
+        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+    }
+
+    fn apply(&self, xs: &Tensor, offset: usize) -> CResult<Tensor> {
+        let n = xs.dim(2)?;
+        let cos = self.cos.narrow(0, offset, n)?;
+        let sin = self.sin.narrow(0, offset, n)?;
+        candle_nn::rotary_emb::rope(xs, &cos, &sin)
+    }
+}
+
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: F32RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: LlamaConfig,
+    device: Device,
+    dtype: DType,
+}
+
+impl Llama {
+    /// `w` points at the checkpoint root; both `model.`-prefixed (LlamaForCausalLM) and bare
+    /// (LlamaModel) tensor names are accepted.
+    pub fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+        let m = if w.contains("model.embed_tokens.weight") { w.pp("model") } else { w.clone() };
+        if !m.contains("embed_tokens.weight") {
+            return Err(Error::checkpoint(
+                w.checkpoint().dir(),
+                "no `model.embed_tokens.weight`: this does not look like a LLaMA checkpoint",
+            ));
+        }
+        let embed_tokens = embedding(&m.pp("embed_tokens"), cfg.vocab_size, cfg.hidden_size)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&m.pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = F32RmsNorm::load(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if w.contains("lm_head.weight") || !cfg.tie_word_embeddings {
+            Linear::load(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
+        } else {
+            Linear::from_parts(embed_tokens.embeddings().clone(), None)
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(cfg, w.dtype, &w.device)?,
+            cfg: cfg.clone(),
+            device: w.device.clone(),
+            dtype: w.dtype,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Token embeddings (1, n, hidden) for `ids`; ids outside the vocabulary are an error.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::Request(format!(
+                "token id {bad} is outside the model's vocabulary of {} (tokenizer and LLM folder do not match)",
+                self.cfg.vocab_size
+            )));
+        }
+        let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        Ok(self.embed_tokens.forward(&ids)?)
+    }
+
+    /// Runs `embeds` (1, n, hidden) after the positions already in `cache`, appends their keys
+    /// and values to it, and returns the f32 logits of the last position.
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Vec<f32>> {
+        let (_, n, _) = embeds.dims3()?;
+        let offset = cache.len();
+        if offset + n > self.cfg.max_position_embeddings {
+            return Err(Error::Request(format!(
+                "{} positions exceed the model's context of {}",
+                offset + n,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let mask = if n > 1 { Some(causal_mask(n, offset, &self.device)?) } else { None };
+        let mut h = embeds.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let normed = layer.input_layernorm.forward(&h)?;
+            let attn = layer.self_attn.forward(&normed, &self.rope, offset, mask.as_ref(), cache.layer(i))?;
+            h = (h + attn)?;
+            let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
+            h = (h + mlp)?;
+        }
+        let last = h.narrow(1, n - 1, 1)?;
+        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+}
+
+/// (n, offset + n) additive mask: query i (at position offset + i) sees keys 0..=offset + i.
+fn causal_mask(n: usize, offset: usize, device: &Device) -> CResult<Tensor> {
+    let total = offset + n;
+    let mask: Vec<f32> =
+        (0..n).flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (n, total), device)
+}

@@ -1,0 +1,244 @@
+//! Reading checkpoints as users have them on disk: one file or index-sharded, safetensors
+//! (memory-mapped) or PyTorch zip pickles (read tensor by tensor, never the whole file at once).
+//!
+//! The network is built through [`Weights`], a prefixed view in the manner of candle's
+//! `VarBuilder`, whose errors name the file and the tensor; the checkpoint counts the bytes it hands
+//! out so the app can show load progress.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Bytes of tensor data read so far out of the total, shared with whoever shows progress.
+#[derive(Debug, Default)]
+pub struct LoadCounter {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+impl LoadCounter {
+    pub fn add_total(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+    }
+}
+
+enum WeightFile {
+    Safetensors(MmapedSafetensors),
+    Pth(candle_core::pickle::PthTensors),
+}
+
+struct Entry {
+    file: usize,
+    shape: Shape,
+    bytes: u64,
+}
+
+/// All tensors of one model folder, wherever they live.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, WeightFile)>,
+    entries: HashMap<String, Entry>,
+    counter: Arc<LoadCounter>,
+}
+
+/// The weight layouts we look for, in order of preference (safetensors first: it can be mapped).
+const LAYOUTS: [&str; 4] =
+    ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"];
+
+impl Checkpoint {
+    /// Finds the weight files of a model folder and reads their tensor tables (not the data).
+    pub fn open_dir(dir: &Path, counter: Arc<LoadCounter>) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::checkpoint(dir, "is not a folder"));
+        }
+        let layout = LAYOUTS.iter().map(|name| dir.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+            Error::checkpoint(dir, format!("no weights found: expected one of {}", LAYOUTS.join(", ")))
+        })?;
+        let name = layout.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let files = if name.ends_with(".index.json") { shards_from_index(&layout)? } else { vec![layout] };
+        Self::open_files(dir, &files, counter)
+    }
+
+    /// Opens an explicit list of weight files (safetensors or PyTorch pickles, by extension).
+    pub fn open_files(dir: &Path, paths: &[PathBuf], counter: Arc<LoadCounter>) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut entries = HashMap::new();
+        for path in paths {
+            let idx = files.len();
+            let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
+            let file = if is_safetensors {
+                // SAFETY: the mapping is read-only; a file changed underneath us while loading
+                // could give wrong values but not memory unsafety beyond what mmap always implies.
+                let st = unsafe { MmapedSafetensors::new(path) }
+                    .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file: {e}")))?;
+                for (name, view) in st.tensors() {
+                    let shape = Shape::from(view.shape());
+                    let bytes = view.data().len() as u64;
+                    entries.insert(name, Entry { file: idx, shape, bytes });
+                }
+                WeightFile::Safetensors(st)
+            } else {
+                let pth = candle_core::pickle::PthTensors::new(path, None)
+                    .map_err(|e| Error::checkpoint(path, format!("not a readable PyTorch checkpoint: {e}")))?;
+                for (name, info) in pth.tensor_infos() {
+                    let shape = info.layout.shape().clone();
+                    let bytes = (shape.elem_count() * info.dtype.size_in_bytes()) as u64;
+                    entries.insert(name.clone(), Entry { file: idx, shape, bytes });
+                }
+                WeightFile::Pth(pth)
+            };
+            files.push((path.clone(), file));
+        }
+        if entries.is_empty() {
+            return Err(Error::checkpoint(dir, "the weight files hold no tensors"));
+        }
+        Ok(Self { dir: dir.to_path_buf(), files, entries, counter })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&Shape> {
+        self.entries.get(name).map(|e| &e.shape)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(|s| s.as_str())
+    }
+
+    /// Total bytes of tensor data stored under names starting with `prefix`.
+    pub fn bytes_with_prefix(&self, prefix: &str) -> u64 {
+        self.entries.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, e)| e.bytes).sum()
+    }
+
+    pub fn counter(&self) -> &Arc<LoadCounter> {
+        &self.counter
+    }
+
+    /// Reads one tensor, converted to `dtype` on `device`.
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::checkpoint(&self.dir, format!("tensor `{name}` is missing from the weight files")))?;
+        let (path, file) = &self.files[entry.file];
+        let wrap = |e: candle_core::Error| Error::checkpoint(path, format!("reading tensor `{name}`: {e}"));
+        let tensor = match file {
+            WeightFile::Safetensors(st) => st.load(name, &Device::Cpu).map_err(wrap)?,
+            WeightFile::Pth(pth) => pth
+                .get(name)
+                .map_err(wrap)?
+                .ok_or_else(|| Error::checkpoint(path, format!("tensor `{name}` vanished from the file")))?,
+        };
+        // Convert on the CPU before moving: a 16-bit tensor then crosses to the GPU at half size
+        // and an f32 checkpoint loaded as f16 never holds two f32 copies on the device.
+        let tensor = tensor.to_dtype(dtype).map_err(wrap)?.to_device(device).map_err(wrap)?;
+        self.counter.done.fetch_add(entry.bytes, Ordering::Relaxed);
+        Ok(tensor)
+    }
+
+    /// Reads one tensor and checks its shape against what the config implies.
+    pub fn load_shaped(&self, name: &str, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some(entry) = self.entries.get(name) {
+            if &entry.shape != shape {
+                let (path, _) = &self.files[entry.file];
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?} but config.json implies {:?} (is this the right model folder?)",
+                        entry.shape.dims(),
+                        shape.dims()
+                    ),
+                ));
+            }
+        }
+        self.load(name, dtype, device)
+    }
+}
+
+/// Lists the shard files an index.json refers to, checking each one exists.
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: HashMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let parsed: Index =
+        serde_json::from_str(&text).map_err(|e| Error::checkpoint(index, format!("not a valid weight index: {e}")))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut names: Vec<&String> = parsed.weight_map.values().collect();
+    names.sort();
+    names.dedup();
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(name);
+        if !path.is_file() {
+            return Err(Error::checkpoint(&path, format!("shard listed in {} is missing", index.display())));
+        }
+        files.push(path);
+    }
+    if files.is_empty() {
+        return Err(Error::checkpoint(index, "the index lists no weight files"));
+    }
+    Ok(files)
+}
+
+/// A view of a checkpoint under a name prefix, handing out tensors in one dtype on one device.
+#[derive(Clone)]
+pub struct Weights {
+    ckpt: Arc<Checkpoint>,
+    prefix: String,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Weights {
+    pub fn new(ckpt: Arc<Checkpoint>, dtype: DType, device: &Device) -> Self {
+        Self { ckpt, prefix: String::new(), dtype, device: device.clone() }
+    }
+
+    /// The view one level down, e.g. `vb.pp("encoder").pp(3)`.
+    pub fn pp(&self, part: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() { part.to_string() } else { format!("{}.{part}", self.prefix) };
+        Self { prefix, ..self.clone() }
+    }
+
+    /// The same view handing out another dtype (norms kept in f32, say).
+    pub fn with_dtype(&self, dtype: DType) -> Self {
+        Self { dtype, ..self.clone() }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.ckpt.contains(&self.path(name))
+    }
+
+    /// The tensor `name` with the shape the config implies.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        self.ckpt.load_shaped(&self.path(name), &shape.into(), self.dtype, &self.device)
+    }
+
+    pub fn checkpoint(&self) -> &Arc<Checkpoint> {
+        &self.ckpt
+    }
+}

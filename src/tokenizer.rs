@@ -1,0 +1,326 @@
+//! The LLM's tokenizer: `tokenizer.json` when the folder has one, otherwise built from the
+//! sentencepiece `tokenizer.model` the way transformers converts LLaMA's ("legacy") tokenizer:
+//! BPE with byte fallback, `▁` for spaces and a dummy prefix, `<s>` prepended.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+
+pub struct ChatTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+}
+
+impl ChatTokenizer {
+    /// Loads `tokenizer.json` from the LLM folder, falling back to `tokenizer.model`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_json_file(&json);
+        }
+        let model = dir.join("tokenizer.model");
+        if model.is_file() {
+            return Self::from_sentencepiece_file(&model);
+        }
+        Err(Error::Tokenizer {
+            path: dir.to_path_buf(),
+            msg: "the LLM folder has neither tokenizer.json nor tokenizer.model".into(),
+        })
+    }
+
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), msg: format!("cannot load: {e}") })?;
+        Ok(Self { inner, path: path.to_path_buf() })
+    }
+
+    pub fn from_sentencepiece_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let err = |msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
+        let json = sentencepiece::to_tokenizer_json(&bytes).map_err(err)?;
+        let inner = Tokenizer::from_bytes(json.to_string().as_bytes())
+            .map_err(|e| err(format!("cannot build a tokenizer from it: {e}")))?;
+        Ok(Self { inner, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`; `special` adds the tokenizer's special tokens (LLaMA: `<s>` first).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), msg: format!("cannot encode: {e}") })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids` with special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), msg: format!("cannot decode: {e}") })
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+/// Turns generated ids into text deltas as they come. Text is only released once the decode of
+/// everything so far extends what was already released and does not end in an incomplete UTF-8
+/// sequence (byte-fallback tokens of one character arrive one by one).
+#[derive(Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    released: String,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, tok: &ChatTokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') || !text.starts_with(&self.released) || text.len() == self.released.len() {
+            return Ok(None);
+        }
+        let delta = text[self.released.len()..].to_string();
+        self.released = text;
+        Ok(Some(delta))
+    }
+
+    /// The rest of the text once generation ends, and the whole decoded answer.
+    pub fn finish(&mut self, tok: &ChatTokenizer) -> Result<(String, String)> {
+        let text = tok.decode(&self.ids)?;
+        let rest = text.strip_prefix(self.released.as_str()).unwrap_or_default().to_string();
+        self.released = text.clone();
+        Ok((rest, text))
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+/// Reading sentencepiece's `ModelProto` (just the fields a LLaMA tokenizer needs) and turning it
+/// into the tokenizer.json transformers would write for it.
+mod sentencepiece {
+    use super::*;
+    use serde_json::{json, Value};
+
+    struct Piece {
+        piece: String,
+        kind: u64,
+    }
+
+    #[derive(Default)]
+    struct Spec {
+        model_type: u64,
+        byte_fallback: bool,
+        unk_id: u64,
+        bos_id: Option<u64>,
+        add_dummy_prefix: bool,
+    }
+
+    // Piece types in sentencepiece_model.proto.
+    const UNKNOWN: u64 = 2;
+    const CONTROL: u64 = 3;
+    const USER_DEFINED: u64 = 4;
+    const BPE: u64 = 2;
+
+    struct Reader<'a> {
+        buf: &'a [u8],
+        pos: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn varint(&mut self) -> Result<u64, String> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let b = *self.buf.get(self.pos).ok_or("truncated protobuf")?;
+                self.pos += 1;
+                v |= ((b & 0x7f) as u64) << shift;
+                if b & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err("bad varint".into())
+        }
+        fn bytes(&mut self) -> Result<&'a [u8], String> {
+            let n = self.varint()? as usize;
+            let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("truncated protobuf")?;
+            let s = &self.buf[self.pos..end];
+            self.pos = end;
+            Ok(s)
+        }
+        /// Next (field, wire type), or None at the end.
+        fn key(&mut self) -> Result<Option<(u64, u64)>, String> {
+            if self.pos >= self.buf.len() {
+                return Ok(None);
+            }
+            let k = self.varint()?;
+            Ok(Some((k >> 3, k & 7)))
+        }
+        fn skip(&mut self, wire: u64) -> Result<(), String> {
+            match wire {
+                0 => self.varint().map(|_| ()),
+                1 => self.advance(8),
+                2 => self.bytes().map(|_| ()),
+                5 => self.advance(4),
+                w => Err(format!("unsupported protobuf wire type {w}")),
+            }
+        }
+        fn advance(&mut self, n: usize) -> Result<(), String> {
+            if self.pos + n > self.buf.len() {
+                return Err("truncated protobuf".into());
+            }
+            self.pos += n;
+            Ok(())
+        }
+    }
+
+    fn parse(buf: &[u8]) -> Result<(Vec<Piece>, Spec), String> {
+        let mut r = Reader { buf, pos: 0 };
+        let mut pieces = Vec::new();
+        let mut spec = Spec { model_type: 1, add_dummy_prefix: true, bos_id: Some(1), ..Default::default() };
+        while let Some((field, wire)) = r.key()? {
+            match (field, wire) {
+                (1, 2) => {
+                    let mut pr = Reader { buf: r.bytes()?, pos: 0 };
+                    let mut piece = Piece { piece: String::new(), kind: 1 };
+                    while let Some((f, w)) = pr.key()? {
+                        match (f, w) {
+                            (1, 2) => {
+                                piece.piece =
+                                    String::from_utf8(pr.bytes()?.to_vec()).map_err(|_| "piece is not UTF-8")?
+                            }
+                            (3, 0) => piece.kind = pr.varint()?,
+                            (_, w) => pr.skip(w)?,
+                        }
+                    }
+                    pieces.push(piece);
+                }
+                (2, 2) => {
+                    let mut tr = Reader { buf: r.bytes()?, pos: 0 };
+                    while let Some((f, w)) = tr.key()? {
+                        match (f, w) {
+                            (3, 0) => spec.model_type = tr.varint()?,
+                            (35, 0) => spec.byte_fallback = tr.varint()? != 0,
+                            (40, 0) => spec.unk_id = tr.varint()?,
+                            (41, 0) => {
+                                // -1 (disabled) arrives as a 64-bit two's complement varint.
+                                let v = tr.varint()? as i64;
+                                spec.bos_id = (v >= 0).then_some(v as u64);
+                            }
+                            (_, w) => tr.skip(w)?,
+                        }
+                    }
+                }
+                (3, 2) => {
+                    let mut nr = Reader { buf: r.bytes()?, pos: 0 };
+                    while let Some((f, w)) = nr.key()? {
+                        match (f, w) {
+                            (3, 0) => spec.add_dummy_prefix = nr.varint()? != 0,
+                            (_, w) => nr.skip(w)?,
+                        }
+                    }
+                }
+                (_, w) => r.skip(w)?,
+            }
+        }
+        if pieces.is_empty() {
+            return Err("not a sentencepiece model (no pieces)".into());
+        }
+        Ok((pieces, spec))
+    }
+
+    /// transformers' `generate_merges`: every split of a piece into two known pieces, ordered by
+    /// the id of the merged piece, then by the length of the left part.
+    fn merges(pieces: &[Piece], vocab: &HashMap<&str, usize>) -> Vec<(String, String)> {
+        let mut out: Vec<(usize, usize, String, String)> = Vec::new();
+        for (id, p) in pieces.iter().enumerate() {
+            let chars: Vec<(usize, char)> = p.piece.char_indices().collect();
+            for (n_left, &(at, _)) in chars.iter().enumerate().skip(1) {
+                let (l, r) = p.piece.split_at(at);
+                if vocab.contains_key(l) && vocab.contains_key(r) {
+                    out.push((id, n_left, l.to_string(), r.to_string()));
+                }
+            }
+        }
+        out.sort_by_key(|m| (m.0, m.1));
+        out.into_iter().map(|(_, _, l, r)| (l, r)).collect()
+    }
+
+    pub fn to_tokenizer_json(buf: &[u8]) -> Result<Value, String> {
+        let (pieces, spec) = parse(buf)?;
+        if spec.model_type != BPE {
+            return Err(format!(
+                "sentencepiece model type {} is not supported (LLaMA tokenizers are BPE); provide tokenizer.json",
+                spec.model_type
+            ));
+        }
+        // The first id wins for duplicated pieces, as in a Python dict built in order.
+        let mut vocab: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in pieces.iter().enumerate().rev() {
+            vocab.insert(p.piece.as_str(), i);
+        }
+        let unk = pieces.get(spec.unk_id as usize).map(|p| p.piece.clone()).unwrap_or_else(|| "<unk>".into());
+        let added: Vec<Value> = pieces
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.kind, UNKNOWN | CONTROL | USER_DEFINED))
+            .map(|(id, p)| {
+                json!({"id": id, "content": p.piece, "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": p.kind != USER_DEFINED})
+            })
+            .collect();
+        let mut normalizers = Vec::new();
+        if spec.add_dummy_prefix {
+            normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+        }
+        normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+        let post = match spec.bos_id.and_then(|id| pieces.get(id as usize).map(|p| (id, p.piece.clone()))) {
+            Some((id, bos)) => json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}
+            }),
+            None => Value::Null,
+        };
+        let vocab_json: serde_json::Map<String, Value> = vocab.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let merges: Vec<Value> = merges(&pieces, &vocab).into_iter().map(|(l, r)| json!([l, r])).collect();
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": normalizers},
+            "pre_tokenizer": null,
+            "post_processor": post,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+            ]},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": spec.byte_fallback,
+                "ignore_merges": false, "vocab": vocab_json, "merges": merges
+            }
+        }))
+    }
+}

@@ -1,0 +1,223 @@
+//! The `ziya-visual ask` contract, driven as scripts and benchmarks drive it: the real binary on
+//! the committed tiny checkpoints.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+fn ask(extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+        .arg("ask")
+        .arg("--vision-model")
+        .arg(vision_dir())
+        .arg("--llm-model")
+        .arg(llm_dir())
+        .args(extra)
+        .output()
+        .expect("binary runs")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(out.status.success(), "ask failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "exactly one JSON line on stdout: {stdout:?}");
+    serde_json::from_str(&stdout).expect("stdout is JSON")
+}
+
+fn img(name: &str) -> String {
+    image_path(name).display().to_string()
+}
+
+fn case_turn(name: &str, i: usize) -> Value {
+    cases()["cases"][name][i].clone()
+}
+
+fn greedy_args(turn: &Value) -> Vec<String> {
+    let mut a = vec!["--temperature".into(), "0".into(), "--max-new-tokens".into(), turn["max_new_tokens"].to_string()];
+    for name in turn["images"].as_array().unwrap() {
+        a.push("--image".into());
+        a.push(img(name.as_str().unwrap()));
+    }
+    a
+}
+
+fn run_turn(turn: &Value, extra: &[&str]) -> Value {
+    let mut args = greedy_args(turn);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("--json".into());
+    args.push(turn["query"].as_str().unwrap().into());
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    ok_json(&ask(&refs))
+}
+
+#[test]
+fn json_output_has_the_reference_ids_and_every_field() {
+    let turn = case_turn("two_images", 0);
+    let j = run_turn(&turn, &[]);
+    assert_eq!(ids(&j["token_ids"]), ids(&turn["token_ids"]));
+    assert_eq!(j["text"], turn["text"]);
+    assert_eq!(j["prompt_tokens"], turn["prompt_tokens"]);
+    assert_eq!(j["generated_tokens"].as_u64().unwrap() as usize, ids(&turn["token_ids"]).len());
+    assert_eq!(j["device"], "cpu");
+    assert_eq!(j["dtype"], "f32");
+    for t in ["load_s", "image_s", "prefill_s", "decode_s"] {
+        assert!(j["timings"][t].as_f64().unwrap() >= 0.0, "timings.{t}");
+    }
+}
+
+#[test]
+fn three_turns_through_session_files_match_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("story.json");
+    let s = session.to_str().unwrap();
+    for i in 0..3 {
+        let turn = case_turn("three_turn", i);
+        let extra: Vec<&str> =
+            if i == 0 { vec!["--save-session", s] } else { vec!["--session", s, "--save-session", s] };
+        let j = run_turn(&turn, &extra);
+        assert_eq!(ids(&j["token_ids"]), ids(&turn["token_ids"]), "turn {i}");
+    }
+    // The session keeps its images by content hash beside the file, not as paths to the originals.
+    let text = std::fs::read_to_string(&session).unwrap();
+    assert!(!text.contains("tests/fixtures/images"), "no paths into the photo folder");
+    assert_eq!(std::fs::read_dir(dir.path().join("story.images")).unwrap().count(), 2);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["format"], "ziya-visual-session");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["turns"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn streaming_prints_the_answer_text() {
+    let turn = case_turn("single", 0);
+    let mut args = greedy_args(&turn);
+    args.push(turn["query"].as_str().unwrap().into());
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let out = ask(&refs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", turn["text"].as_str().unwrap()));
+}
+
+#[test]
+fn ignore_eos_generates_exactly_n_tokens_and_seeds_reproduce() {
+    let run = |seed: &str| {
+        let out = ask(&[
+            "--max-new-tokens",
+            "40",
+            "--ignore-eos",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--json",
+            "hi",
+        ]);
+        ids(&ok_json(&out)["token_ids"])
+    };
+    let a = run("7");
+    assert_eq!(a.len(), 40);
+    assert_eq!(a, run("7"), "same seed, same answer");
+    assert_ne!(a, run("8"), "another seed, another answer");
+}
+
+fn fails_naming(out: &Output, needles: &[&str]) {
+    assert!(!out.status.success(), "should fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err:?}");
+    for n in needles {
+        assert!(err.contains(n), "stderr {err:?} should mention {n:?}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn errors_are_one_line_and_name_the_culprit() {
+    let notes = image_path("../corpus.txt");
+    fails_naming(&ask(&["--image", notes.to_str().unwrap(), "q"]), &["corpus.txt"]);
+    fails_naming(&ask(&["--image", "/nonexistent/cat.jpg", "q"]), &["/nonexistent/cat.jpg"]);
+    fails_naming(&ask(&["--max-new-tokens", "600", "q"]), &["600", "512"]);
+    fails_naming(&ask(&["--dtype", "f8", "q"]), &["f8"]);
+    fails_naming(&ask(&["--top-p", "0", "q"]), &["top_p"]);
+    fails_naming(&ask(&["--session", "/nonexistent/s.json", "q"]), &["/nonexistent/s.json"]);
+
+    let swapped = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+        .args(["ask", "--vision-model"])
+        .arg(llm_dir())
+        .arg("--llm-model")
+        .arg(vision_dir())
+        .arg("q")
+        .output()
+        .unwrap();
+    fails_naming(&swapped, &["swapped"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn ask_with(vision: &Path, llm: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+        .arg("ask")
+        .arg("--vision-model")
+        .arg(vision)
+        .arg("--llm-model")
+        .arg(llm)
+        .arg("q")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn broken_checkpoints_are_reported_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vision, llm) = (dir.path().join("vision"), dir.path().join("llm"));
+    copy_dir(&vision_dir(), &vision);
+    copy_dir(&llm_dir(), &llm);
+
+    // A truncated shard.
+    let shard = llm.join("pytorch_model-00002-of-00003.bin");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    fails_naming(&ask_with(&vision, &llm), &["pytorch_model-00002-of-00003.bin"]);
+    std::fs::write(&shard, &bytes).unwrap();
+
+    // A missing shard.
+    std::fs::remove_file(&shard).unwrap();
+    fails_naming(&ask_with(&vision, &llm), &["pytorch_model-00002-of-00003.bin", "missing"]);
+    std::fs::write(&shard, &bytes).unwrap();
+
+    // No tokenizer at all.
+    std::fs::remove_file(llm.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(llm.join("tokenizer.model")).unwrap();
+    fails_naming(&ask_with(&vision, &llm), &["tokenizer"]);
+    copy_dir(&llm_dir(), &llm);
+
+    // A config that does not match the weights.
+    let cfg = std::fs::read_to_string(llm.join("config.json")).unwrap();
+    std::fs::write(llm.join("config.json"), cfg.replace("\"intermediate_size\": 176", "\"intermediate_size\": 200"))
+        .unwrap();
+    fails_naming(&ask_with(&vision, &llm), &["gate_proj", "shape"]);
+    std::fs::write(llm.join("config.json"), &cfg).unwrap();
+
+    // A corrupt config.
+    std::fs::write(vision.join("config.json"), "{ not json").unwrap();
+    fails_naming(&ask_with(&vision, &llm), &["config.json"]);
+
+    // A vision checkpoint with a tensor missing.
+    let st = dir.path().join("vision-st");
+    copy_dir(&fixtures().join("layouts/vision-safetensors"), &st);
+    let mut tensors = candle_core::safetensors::load(st.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    tensors.remove("vision_model.encoder.layers.1.mlp.fc1.weight").unwrap();
+    candle_core::safetensors::save(&tensors, st.join("model.safetensors")).unwrap();
+    fails_naming(&ask_with(&st, &llm), &["vision_model.encoder.layers.1.mlp.fc1.weight", "missing"]);
+}
