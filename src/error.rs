@@ -20,7 +20,7 @@ pub enum Error {
     /// A request that cannot be served as asked (prompt too long, unknown device, ...).
     #[error("{0}")]
     Request(String),
-    #[error("generation cancelled")]
+    #[error("cancelled")]
     Cancelled,
     #[error("{0}")]
     Candle(#[from] candle_core::Error),

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod cli;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod inference;
 pub mod model;

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub struct ChatTokenizer {
     inner: Tokenizer,
     path: PathBuf,
+    /// Ids whose text depends on their neighbours: byte-fallback tokens (`<0x41>`), decoded a
+    /// run at a time, and special tokens, which decoding skips (joining the runs around them).
+    unsettled: Vec<bool>,
 }
 
 impl ChatTokenizer {
@@ -34,7 +37,7 @@ impl ChatTokenizer {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let inner = Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), msg: format!("cannot load: {e}") })?;
-        Ok(Self { inner, path: path.to_path_buf() })
+        Ok(Self::wrap(inner, path))
     }
 
     pub fn from_sentencepiece_file(path: &Path) -> Result<Self> {
@@ -43,7 +46,30 @@ impl ChatTokenizer {
         let json = sentencepiece::to_tokenizer_json(&bytes).map_err(err)?;
         let inner = Tokenizer::from_bytes(json.to_string().as_bytes())
             .map_err(|e| err(format!("cannot build a tokenizer from it: {e}")))?;
-        Ok(Self { inner, path: path.to_path_buf() })
+        Ok(Self::wrap(inner, path))
+    }
+
+    fn wrap(inner: Tokenizer, path: &Path) -> Self {
+        let n = inner.get_vocab_size(true);
+        let special = inner.get_added_tokens_decoder();
+        let unsettled = (0..n as u32)
+            .map(|id| {
+                special.get(&id).is_some_and(|t| t.special)
+                    || inner.id_to_token(id).is_some_and(|t| {
+                        t.len() == 6
+                            && t.starts_with("<0x")
+                            && t.ends_with('>')
+                            && u8::from_str_radix(&t[3..5], 16).is_ok()
+                    })
+            })
+            .collect();
+        Self { inner, path: path.to_path_buf(), unsettled }
+    }
+
+    /// Whether the text of `id` can still change with the tokens that follow it (byte-fallback
+    /// and special tokens).
+    pub fn is_unsettled(&self, id: u32) -> bool {
+        self.unsettled.get(id as usize).copied().unwrap_or(false)
     }
 
     pub fn path(&self) -> &Path {
@@ -75,13 +101,19 @@ impl ChatTokenizer {
     }
 }
 
-/// Turns generated ids into text deltas as they come. Text is only released once the decode of
-/// everything so far extends what was already released and does not end in an incomplete UTF-8
-/// sequence (byte-fallback tokens of one character arrive one by one).
+/// Turns generated ids into text deltas as they come.
+///
+/// Byte-fallback tokens are decoded a run at a time (`<0xE4><0xBD><0xA0>` is one character), and
+/// a run that is not valid UTF-8 turns *every* byte of it into U+FFFD — so the text of a run is
+/// only final once a normal token ends it. Special tokens are skipped when decoding, so they do not
+/// end a run. The decoder therefore releases text up to the start of the trailing run of such
+/// tokens, and the rest when generation ends.
 #[derive(Default)]
 pub struct StreamDecoder {
     ids: Vec<u32>,
     released: String,
+    /// Number of ids whose text has been released.
+    stable: usize,
 }
 
 impl StreamDecoder {
@@ -91,13 +123,21 @@ impl StreamDecoder {
 
     pub fn push(&mut self, tok: &ChatTokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || !text.starts_with(&self.released) || text.len() == self.released.len() {
+        let mut stable = self.ids.len();
+        while stable > 0 && tok.is_unsettled(self.ids[stable - 1]) {
+            stable -= 1;
+        }
+        if stable <= self.stable {
             return Ok(None);
         }
+        let text = tok.decode(&self.ids[..stable])?;
+        if !text.starts_with(&self.released) {
+            return Ok(None); // cannot happen with LLaMA's decoders; the final text settles it
+        }
+        self.stable = stable;
         let delta = text[self.released.len()..].to_string();
         self.released = text;
-        Ok(Some(delta))
+        Ok((!delta.is_empty()).then_some(delta))
     }
 
     /// The rest of the text once generation ends, and the whole decoded answer.
@@ -110,6 +150,71 @@ impl StreamDecoder {
 
     pub fn ids(&self) -> &[u32] {
         &self.ids
+    }
+
+    /// The text released so far.
+    pub fn released(&self) -> &str {
+        &self.released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ChatTokenizer {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-ziya/llm");
+        ChatTokenizer::from_dir(&dir).unwrap()
+    }
+
+    /// Streams `ids` and checks the pieces add up to the final decode at every step.
+    fn stream(tok: &ChatTokenizer, ids: &[u32]) -> String {
+        let mut d = StreamDecoder::new();
+        let mut out = String::new();
+        for &id in ids {
+            if let Some(delta) = d.push(tok, id).unwrap() {
+                out.push_str(&delta);
+            }
+            assert!(tok.decode(d.ids()).unwrap().starts_with(&out) || d.released() == out);
+        }
+        let (rest, full) = d.finish(tok).unwrap();
+        out.push_str(&rest);
+        assert_eq!(out, full);
+        out
+    }
+
+    #[test]
+    fn streamed_pieces_add_up_to_the_decoded_answer() {
+        let tok = tiny();
+        let byte = |b: u8| tok.token_id(&format!("<0x{b:02X}>")).unwrap();
+        let word = tok.encode("data", false).unwrap();
+        // '4' as a byte token, then an invalid run: the whole run decodes to U+FFFD, so "4" must
+        // not be released before the run ends.
+        let mut ids = word.clone();
+        ids.extend([byte(b'4'), byte(0xE4), byte(0x41)]);
+        ids.extend(&word);
+        // An end-of-text token between two byte runs is skipped, joining them into one run.
+        ids.extend([byte(0xE4), 2, byte(0xBD), byte(0xA0)]);
+        ids.extend(&word);
+        let text = stream(&tok, &ids);
+        assert!(text.contains('\u{FFFD}') && !text.contains('4'), "{text:?}");
+        // A valid multi-byte character split over byte tokens.
+        let mut ids = word.clone();
+        ids.extend("龘".bytes().map(byte));
+        assert!(stream(&tok, &ids).ends_with('龘'));
+    }
+
+    #[test]
+    fn text_is_released_as_soon_as_it_is_final() {
+        let tok = tiny();
+        let ids = tok.encode("图片里有 cat and dog", false).unwrap();
+        let mut d = StreamDecoder::new();
+        for &id in &ids {
+            d.push(&tok, id).unwrap();
+            if !tok.is_unsettled(id) {
+                assert_eq!(d.released(), tok.decode(d.ids()).unwrap(), "a normal token releases all text so far");
+            }
+        }
     }
 }
 

@@ -14,11 +14,13 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
 
 use crate::error::{Error, Result};
 
-/// Bytes of tensor data read so far out of the total, shared with whoever shows progress.
+/// Bytes of tensor data read so far out of the total, shared with whoever shows progress; setting
+/// `cancel` makes the next tensor read fail with [`Error::Cancelled`].
 #[derive(Debug, Default)]
 pub struct LoadCounter {
     pub done: AtomicU64,
     pub total: AtomicU64,
+    pub cancel: std::sync::atomic::AtomicBool,
 }
 
 impl LoadCounter {
@@ -130,6 +132,9 @@ impl Checkpoint {
 
     /// Reads one tensor, converted to `dtype` on `device`.
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        if self.counter.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
         let entry = self
             .entries
             .get(name)
