@@ -16,7 +16,7 @@ use crate::inference::{Pipeline, Timings};
 use crate::model::weights::LoadCounter;
 use crate::model::ModelSpec;
 use crate::sampling::SamplingParams;
-use crate::session::{ImageStorage, ModelInfo, Session, TurnStats};
+use crate::session::{ImageStorage, ModelInfo, NewTurn, Session, TurnStats};
 
 #[derive(Debug, Parser)]
 #[command(name = "ziya-visual", version, about = "Talk about your photos with the Ziya-Visual model")]
@@ -170,7 +170,14 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
             stop: gen.stop,
             timings: gen.timings,
         };
-        session.push_turn(&images, &args.query, &gen.text, &gen.token_ids, Some(stats));
+        session.push_turn(NewTurn {
+            images: images.clone(),
+            query: args.query.clone(),
+            answer: gen.text.clone(),
+            token_ids: gen.token_ids.clone(),
+            settings: Some(params.clone()),
+            stats: Some(stats),
+        });
         session.save(path, ImageStorage::Beside)?;
     }
 

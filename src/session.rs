@@ -7,18 +7,26 @@
 //! is written, flushed to disk and renamed over the old one, so an interrupted save leaves the
 //! previous file intact.
 //!
+//! Turns form a tree: editing a question or regenerating an answer adds a sibling version of
+//! that turn, and `active_leaf` names the last turn of the conversation being shown; the
+//! conversation is the path from the root to it.
+//!
 //! ```json
 //! {
-//!   "format": "ziya-visual-session", "version": 1,
+//!   "format": "ziya-visual-session", "version": 2,
 //!   "title": "…", "created_at": 1764050000, "updated_at": 1764050100,
 //!   "model": {"vision_model": "…", "llm_model": "…", "dtype": "f32", "device": "cpu"},
 //!   "settings": {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.1, …},
 //!   "images": {"<sha256>": {"name": "cat.jpg", "mime": "image/jpeg", "size": 12345,
 //!                           "file": "story.images/<sha256>.jpg"}},
-//!   "turns": [{"images": ["<sha256>"], "query": "…", "answer": "…", "token_ids": [...],
-//!              "created_at": 1764050100, "stats": {...}}]
+//!   "turns": [{"id": 0, "parent": null, "images": ["<sha256>"], "query": "…", "answer": "…",
+//!              "token_ids": [...], "created_at": 1764050100, "settings": {…}, "stats": {...}}],
+//!   "active_leaf": 0
 //! }
 //! ```
+//!
+//! Version 1 (issue 2's linear list of turns without ids) is read and migrated; saving over an
+//! older file first keeps it as `<name>.v1.bak`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -34,7 +42,10 @@ use crate::inference::{StopReason, Timings};
 use crate::sampling::SamplingParams;
 
 pub const FORMAT: &str = "ziya-visual-session";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// Identifies a turn within its session.
+pub type TurnId = u64;
 
 /// The model a session was made with (for the record and for exports).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +78,11 @@ struct ImageEntry {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct TurnRecord {
+    /// Absent in version 1, where turns are a plain list.
+    #[serde(default)]
+    id: Option<TurnId>,
+    #[serde(default)]
+    parent: Option<TurnId>,
     images: Vec<String>,
     query: String,
     answer: String,
@@ -74,6 +90,8 @@ struct TurnRecord {
     token_ids: Vec<u32>,
     #[serde(default)]
     created_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<SamplingParams>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stats: Option<TurnStats>,
 }
@@ -96,6 +114,8 @@ struct SessionFile {
     images: BTreeMap<String, ImageEntry>,
     #[serde(default)]
     turns: Vec<TurnRecord>,
+    #[serde(default)]
+    active_leaf: Option<TurnId>,
 }
 
 /// An image of a session: its bytes, or why they could not be read.
@@ -128,12 +148,28 @@ impl SessionImage {
 /// One finished exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
+    pub id: TurnId,
+    /// The turn this one follows; `None` for a first turn.
+    pub parent: Option<TurnId>,
     /// Content hashes, in the order the images were given.
     pub images: Vec<String>,
     pub query: String,
     pub answer: String,
     pub token_ids: Vec<u32>,
     pub created_at: u64,
+    /// The settings this answer was generated with.
+    pub settings: Option<SamplingParams>,
+    pub stats: Option<TurnStats>,
+}
+
+/// What a new turn consists of before it has an id and a place in the tree.
+#[derive(Debug, Clone, Default)]
+pub struct NewTurn {
+    pub images: Vec<ImageData>,
+    pub query: String,
+    pub answer: String,
+    pub token_ids: Vec<u32>,
+    pub settings: Option<SamplingParams>,
     pub stats: Option<TurnStats>,
 }
 
@@ -144,8 +180,13 @@ pub struct Session {
     pub updated_at: u64,
     pub model: Option<ModelInfo>,
     pub settings: Option<SamplingParams>,
+    /// Every turn of every branch, in the order they were made.
     pub turns: Vec<Turn>,
+    /// The last turn of the conversation being shown.
+    pub active_leaf: Option<TurnId>,
     pub images: BTreeMap<String, SessionImage>,
+    /// The format version the file was read from, when older than [`VERSION`].
+    pub migrated_from: Option<u32>,
 }
 
 /// Where images go when a session is saved.
@@ -199,29 +240,125 @@ impl Session {
         img.hash.clone()
     }
 
-    /// Appends a finished turn; the title defaults to the first question.
-    pub fn push_turn(
-        &mut self,
-        images: &[ImageData],
-        query: &str,
-        answer: &str,
-        token_ids: &[u32],
-        stats: Option<TurnStats>,
-    ) {
-        let hashes = images.iter().map(|i| self.add_image(i)).collect();
+    /// Appends a finished turn after the active leaf; the title defaults to the first question.
+    pub fn push_turn(&mut self, turn: NewTurn) -> TurnId {
+        self.add_turn(self.active_leaf, turn)
+    }
+
+    /// Adds a turn after `parent` (a new version of the turns already there, if any) and makes it
+    /// the active leaf.
+    pub fn add_turn(&mut self, parent: Option<TurnId>, turn: NewTurn) -> TurnId {
+        let hashes = turn.images.iter().map(|i| self.add_image(i)).collect();
         if self.title.is_empty() {
-            self.title = title_from(query);
+            self.title = title_from(&turn.query);
         }
+        let id = self.turns.iter().map(|t| t.id + 1).max().unwrap_or(0);
         let now = now_unix();
         self.turns.push(Turn {
+            id,
+            parent,
             images: hashes,
-            query: query.to_string(),
-            answer: answer.to_string(),
-            token_ids: token_ids.to_vec(),
+            query: turn.query,
+            answer: turn.answer,
+            token_ids: turn.token_ids,
             created_at: now,
-            stats,
+            settings: turn.settings,
+            stats: turn.stats,
         });
+        self.active_leaf = Some(id);
         self.updated_at = now;
+        id
+    }
+
+    pub fn turn(&self, id: TurnId) -> Option<&Turn> {
+        self.turns.iter().find(|t| t.id == id)
+    }
+
+    /// The turns that follow `parent`, oldest first: the versions of that position.
+    pub fn children(&self, parent: Option<TurnId>) -> Vec<&Turn> {
+        self.turns.iter().filter(|t| t.parent == parent).collect()
+    }
+
+    /// The conversation being shown: root to active leaf.
+    pub fn active_path(&self) -> Vec<&Turn> {
+        let mut path = Vec::new();
+        let mut cur = self.active_leaf.and_then(|id| self.turn(id));
+        while let Some(t) = cur {
+            path.push(t);
+            cur = t.parent.and_then(|p| self.turn(p));
+            if path.len() > self.turns.len() {
+                break; // a cycle in a hand-edited file; show what we have
+            }
+        }
+        path.reverse();
+        path
+    }
+
+    /// Which version of its position `id` is (0-based) and how many there are.
+    pub fn version_of(&self, id: TurnId) -> (usize, usize) {
+        let Some(t) = self.turn(id) else { return (0, 0) };
+        let siblings = self.children(t.parent);
+        (siblings.iter().position(|s| s.id == id).unwrap_or(0), siblings.len())
+    }
+
+    /// Shows version `id`: the active leaf becomes the newest turn at the end of its branch.
+    pub fn switch_to(&mut self, id: TurnId) {
+        if self.turn(id).is_none() {
+            return;
+        }
+        let mut leaf = id;
+        while let Some(newest) = self.children(Some(leaf)).last() {
+            leaf = newest.id;
+        }
+        self.active_leaf = Some(leaf);
+    }
+
+    /// Removes turn `id`; the turns after it stay, now following its parent.
+    pub fn delete_turn(&mut self, id: TurnId) {
+        let Some(turn) = self.turn(id).cloned() else { return };
+        for t in &mut self.turns {
+            if t.parent == Some(id) {
+                t.parent = turn.parent;
+            }
+        }
+        self.turns.retain(|t| t.id != id);
+        if self.active_leaf == Some(id) {
+            self.active_leaf = turn.parent;
+            // Prefer continuing into what followed the deleted turn, if anything did.
+            if let Some(next) = self.children(turn.parent).last().map(|t| t.id) {
+                self.switch_to(next);
+            }
+        }
+        self.drop_unused_images();
+        self.updated_at = now_unix();
+    }
+
+    /// Forgets images no turn refers to any more.
+    fn drop_unused_images(&mut self) {
+        let used: std::collections::HashSet<&String> = self.turns.iter().flat_map(|t| &t.images).collect();
+        let unused: Vec<String> = self.images.keys().filter(|h| !used.contains(h)).cloned().collect();
+        for h in unused {
+            self.images.remove(&h);
+        }
+    }
+
+    /// The images of a turn, as the pipeline takes them.
+    pub fn turn_images(&self, turn: &Turn) -> Result<Vec<ImageData>> {
+        turn.images
+            .iter()
+            .map(|h| {
+                let img = self.images.get(h).ok_or_else(|| {
+                    Error::Request(format!("the session refers to image {h}, which it does not list"))
+                })?;
+                img.data().ok_or_else(|| {
+                    Error::Request(format!(
+                        "image {} of this session is unavailable: {}",
+                        img.name,
+                        img.problem.as_deref().unwrap_or("missing")
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// The images that cannot be used, with the reason.
@@ -234,28 +371,33 @@ impl Session {
             .collect()
     }
 
-    /// The turns as the model pipeline takes them, followed by a new question. Fails, naming the
-    /// image, when a stored image is gone: the conversation could not be reproduced without it.
+    /// The active conversation as the model pipeline takes it, followed by a new question.
+    /// Fails, naming the image, when a stored image is gone: the conversation could not be
+    /// reproduced without it.
     pub fn chat_turns(&self, query: &str, images: &[ImageData]) -> Result<Vec<ChatTurn>> {
-        let mut out = Vec::with_capacity(self.turns.len() + 1);
-        for turn in &self.turns {
-            let imgs = turn
-                .images
-                .iter()
-                .map(|h| {
-                    let img = self.images.get(h).ok_or_else(|| {
-                        Error::Request(format!("the session refers to image {h}, which it does not list"))
-                    })?;
-                    img.data().ok_or_else(|| {
-                        Error::Request(format!(
-                            "image {} of this session is unavailable: {}",
-                            img.name,
-                            img.problem.as_deref().unwrap_or("missing")
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            out.push(ChatTurn { images: imgs, query: turn.query.clone(), answer: Some(turn.answer.clone()) });
+        self.chat_turns_after(self.active_leaf, query, images)
+    }
+
+    /// The conversation up to and including `parent`, followed by a new question (for a new
+    /// version of the turn after `parent`).
+    pub fn chat_turns_after(&self, parent: Option<TurnId>, query: &str, images: &[ImageData]) -> Result<Vec<ChatTurn>> {
+        let mut chain = Vec::new();
+        let mut cur = parent.and_then(|id| self.turn(id));
+        while let Some(t) = cur {
+            chain.push(t);
+            cur = t.parent.and_then(|p| self.turn(p));
+            if chain.len() > self.turns.len() {
+                return Err(Error::Request("the session's turns form a cycle".into()));
+            }
+        }
+        chain.reverse();
+        let mut out = Vec::with_capacity(chain.len() + 1);
+        for turn in chain {
+            out.push(ChatTurn {
+                images: self.turn_images(turn)?,
+                query: turn.query.clone(),
+                answer: Some(turn.answer.clone()),
+            });
         }
         out.push(ChatTurn { images: images.to_vec(), query: query.to_string(), answer: None });
         Ok(out)
@@ -285,18 +427,40 @@ impl Session {
         for (hash, entry) in &file.images {
             images.insert(hash.clone(), read_image(dir, hash, entry));
         }
-        let turns = file
-            .turns
-            .into_iter()
-            .map(|t| Turn {
+        let linear = version == 1;
+        let mut turns: Vec<Turn> = Vec::with_capacity(file.turns.len());
+        for (i, t) in file.turns.into_iter().enumerate() {
+            // Version 1 is a plain list: each turn follows the one before.
+            let (id, parent) = if linear {
+                (i as TurnId, i.checked_sub(1).map(|p| p as TurnId))
+            } else {
+                (t.id.ok_or_else(|| err(format!("turn {i} has no id")))?, t.parent)
+            };
+            turns.push(Turn {
+                id,
+                parent,
                 images: t.images,
                 query: t.query,
                 answer: t.answer,
                 token_ids: t.token_ids,
                 created_at: t.created_at,
+                settings: t.settings.or_else(|| if linear { file.settings.clone() } else { None }),
                 stats: t.stats,
-            })
-            .collect();
+            });
+        }
+        let active_leaf = if linear { turns.last().map(|t| t.id) } else { file.active_leaf };
+        let mut ids = std::collections::HashSet::new();
+        for t in &turns {
+            if !ids.insert(t.id) {
+                return Err(err(format!("two turns have id {}", t.id)));
+            }
+        }
+        if let Some(bad) = turns.iter().find(|t| t.parent.is_some_and(|p| !ids.contains(&p))) {
+            return Err(err(format!("turn {} follows turn {:?}, which does not exist", bad.id, bad.parent)));
+        }
+        if active_leaf.is_some_and(|a| !ids.contains(&a)) {
+            return Err(err(format!("the active turn {active_leaf:?} does not exist")));
+        }
         Ok(Self {
             title: file.title,
             created_at: file.created_at,
@@ -304,13 +468,16 @@ impl Session {
             model: file.model,
             settings: file.settings,
             turns,
+            active_leaf,
             images,
+            migrated_from: (version < VERSION as u64).then_some(version as u32),
         })
     }
 
     /// Writes the session atomically; images go beside it or inside it as `storage` says.
     /// Images whose bytes are unavailable keep their entry so nothing is silently dropped.
     pub fn save(&self, path: &Path, storage: ImageStorage) -> Result<()> {
+        backup_if_older(path)?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -361,19 +528,44 @@ impl Session {
                 .turns
                 .iter()
                 .map(|t| TurnRecord {
+                    id: Some(t.id),
+                    parent: t.parent,
                     images: t.images.clone(),
                     query: t.query.clone(),
                     answer: t.answer.clone(),
                     token_ids: t.token_ids.clone(),
                     created_at: t.created_at,
+                    settings: t.settings.clone(),
                     stats: t.stats.clone(),
                 })
                 .collect(),
+            active_leaf: self.active_leaf,
         };
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::Session { path: path.to_path_buf(), msg: format!("cannot serialise: {e}") })?;
         write_atomic(path, &json)
     }
+}
+
+/// The format version of an existing session file, if it is one.
+fn file_version(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (value.get("format")?.as_str()? == FORMAT).then(|| value.get("version")?.as_u64())?
+}
+
+/// Before a session file of an older format version is overwritten, keep it as
+/// `<name>.v<N>.bak` (once: an existing backup is never replaced).
+fn backup_if_older(path: &Path) -> Result<()> {
+    if let Some(v) = file_version(path).filter(|&v| v < VERSION as u64) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("session.json");
+        let backup = path.with_file_name(format!("{name}.v{v}.bak"));
+        if !backup.exists() {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            write_atomic(&backup, &bytes)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_image(dir: &Path, hash: &str, entry: &ImageEntry) -> SessionImage {
@@ -445,6 +637,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn png(color: [u8; 3]) -> Vec<u8> {
         let img = image::RgbImage::from_pixel(5, 3, image::Rgb(color));
@@ -458,15 +651,32 @@ mod tests {
         let b = ImageData::new("b.png", png([4, 5, 6]));
         let mut s = Session::new();
         s.settings = Some(SamplingParams { seed: Some(9), ..Default::default() });
-        s.push_turn(&[a.clone(), b], "第一个问题 \u{0007} 🐱\n", "答案\t\"quoted\"\u{0000}", &[5, 6, 7], None);
-        s.push_turn(&[], "text only", "ok", &[8], None);
-        s.push_turn(&[a], "same image again", "yes", &[], None);
+        let turn = |images: Vec<ImageData>, q: &str, a: &str, ids: Vec<u32>| NewTurn {
+            images,
+            query: q.into(),
+            answer: a.into(),
+            token_ids: ids,
+            settings: Some(SamplingParams { temperature: 0.0, ..Default::default() }),
+            stats: None,
+        };
+        let first = s.push_turn(turn(
+            vec![a.clone(), b],
+            "第一个问题 \u{0007} 🐱\n",
+            "答案\t\"quoted\"\u{0000}",
+            vec![5, 6, 7],
+        ));
+        s.push_turn(turn(vec![], "text only", "ok", vec![8]));
+        s.push_turn(turn(vec![a], "same image again", "yes", vec![]));
+        // A second version of the second turn, then back to the first branch.
+        s.add_turn(Some(first), turn(vec![], "edited question", "another answer", vec![9]));
+        s.switch_to(1);
         s
     }
 
     fn assert_same(a: &Session, b: &Session) {
         assert_eq!(a.title, b.title);
         assert_eq!(a.turns, b.turns);
+        assert_eq!(a.active_leaf, b.active_leaf);
         assert_eq!(a.settings, b.settings);
         assert_eq!(a.images.len(), b.images.len());
         for (h, img) in &a.images {
@@ -534,7 +744,7 @@ mod tests {
         std::fs::remove_file(&files[0]).unwrap();
         std::fs::write(&files[1], b"garbage").unwrap();
         let loaded = Session::load(&path).unwrap();
-        assert_eq!(loaded.turns.len(), 3);
+        assert_eq!(loaded.turns.len(), 4);
         let problems = loaded.image_problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("cannot be read")), "{problems:?}");
@@ -552,6 +762,66 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn branches_switch_and_delete() {
+        let s = sample_session();
+        let path: Vec<&str> = s.active_path().iter().map(|t| t.query.as_str()).collect();
+        assert_eq!(path, ["第一个问题 \u{0007} 🐱\n", "text only", "same image again"]);
+        assert_eq!(s.version_of(1), (0, 2));
+        assert_eq!(s.version_of(3), (1, 2));
+        let mut s2 = s.clone();
+        s2.switch_to(3);
+        assert_eq!(s2.active_path().len(), 2);
+        assert_eq!(s2.active_path()[1].query, "edited question");
+        // The model sees the branch being shown.
+        let turns = s2.chat_turns("next", &[]).unwrap();
+        assert_eq!(turns[1].answer.as_deref(), Some("another answer"));
+        // Deleting the middle turn keeps what followed it.
+        let mut s3 = s.clone();
+        s3.delete_turn(1);
+        let path: Vec<&str> = s3.active_path().iter().map(|t| t.query.as_str()).collect();
+        assert_eq!(path, ["第一个问题 \u{0007} 🐱\n", "same image again"]);
+        assert_eq!(s3.version_of(2), (0, 2), "the kept turn now sits beside the other version");
+        // Deleting the only turn with an image drops the image.
+        let mut s4 = Session::new();
+        s4.push_turn(NewTurn {
+            images: vec![ImageData::new("x.png", png([9, 9, 9]))],
+            query: "q".into(),
+            ..Default::default()
+        });
+        s4.delete_turn(0);
+        assert!(s4.images.is_empty() && s4.active_path().is_empty());
+    }
+
+    #[test]
+    fn version_1_files_migrate_and_are_backed_up_before_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sessions");
+        std::fs::copy(fixtures.join("v1-three-turns.json"), dir.path().join("old.json")).unwrap();
+        let images = dir.path().join("old.images");
+        std::fs::create_dir(&images).unwrap();
+        for e in std::fs::read_dir(fixtures.join("v1-three-turns.images")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), images.join(e.file_name())).unwrap();
+        }
+        let text = std::fs::read_to_string(dir.path().join("old.json")).unwrap();
+        std::fs::write(dir.path().join("old.json"), text.replace("v1-three-turns.images/", "old.images/")).unwrap();
+        let original = std::fs::read(dir.path().join("old.json")).unwrap();
+
+        let s = Session::load(&dir.path().join("old.json")).unwrap();
+        assert_eq!(s.migrated_from, Some(1));
+        assert_eq!(s.active_path().len(), 3);
+        assert!(s.image_problems().is_empty());
+        assert_eq!(s.turns[2].parent, Some(1));
+        assert!(s.turns[0].settings.is_some(), "v1 session settings carried to its turns");
+
+        s.save(&dir.path().join("old.json"), ImageStorage::Beside).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("old.json.v1.bak")).unwrap(), original, "original kept");
+        let again = Session::load(&dir.path().join("old.json")).unwrap();
+        assert_eq!(again.migrated_from, None);
+        assert_eq!(again.turns, s.turns);
     }
 
     #[test]

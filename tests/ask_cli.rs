@@ -87,7 +87,7 @@ fn three_turns_through_session_files_match_the_reference() {
     assert_eq!(std::fs::read_dir(dir.path().join("story.images")).unwrap().count(), 2);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["format"], "ziya-visual-session");
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
     assert_eq!(v["turns"].as_array().unwrap().len(), 3);
 }
 
@@ -220,4 +220,20 @@ fn broken_checkpoints_are_reported_by_file() {
     tensors.remove("vision_model.encoder.layers.1.mlp.fc1.weight").unwrap();
     candle_core::safetensors::save(&tensors, st.join("model.safetensors")).unwrap();
     fails_naming(&ask_with(&st, &llm), &["vision_model.encoder.layers.1.mlp.fc1.weight", "missing"]);
+}
+
+#[test]
+fn a_version_1_session_continues_with_the_reference_ids() {
+    use ziya_visual::session::{ImageStorage, Session};
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = fixtures().join("sessions");
+    let mut s = Session::load(&fixtures.join("v1-three-turns.json")).unwrap();
+    assert_eq!(s.migrated_from, Some(1));
+    // Keep the first two turns, continue with the reference's third question.
+    s.delete_turn(2);
+    let path = dir.path().join("continued.json");
+    s.save(&path, ImageStorage::Embedded).unwrap();
+    let turn = case_turn("three_turn", 2);
+    let j = run_turn(&turn, &["--session", path.to_str().unwrap()]);
+    assert_eq!(ids(&j["token_ids"]), ids(&turn["token_ids"]));
 }
