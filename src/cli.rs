@@ -35,6 +35,12 @@ pub struct Cli {
     /// Precision for the window's model: f32, f16 or bf16.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Load the built-in demo model (tiny, random weights: its answers are noise).
+    #[arg(long)]
+    pub demo: bool,
+    /// Open this session file in the window.
+    #[arg(long)]
+    pub session: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

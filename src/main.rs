@@ -6,8 +6,16 @@ fn main() {
     let result = match &cli.command {
         Some(Command::Ask(args)) => run_ask(args),
         None => {
-            eprintln!("the window is not available in this build yet; use `ziya-visual ask --help`");
-            Ok(())
+            let options = ziya_visual::ui::AppOptions {
+                vision_model: cli.vision_model.clone(),
+                llm_model: cli.llm_model.clone(),
+                device: cli.device.clone(),
+                dtype: cli.dtype.clone(),
+                demo: cli.demo,
+                session: cli.session.clone(),
+                ..Default::default()
+            };
+            ziya_visual::ui::run(options).map_err(|e| ziya_visual::Error::Request(e.to_string()))
         }
     };
     if let Err(e) = result {

@@ -403,8 +403,8 @@ impl Session {
         Ok(out)
     }
 
-    /// Reads a session file. A file from a newer format version is refused (and left untouched).
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Parses a session file's JSON and checks its format and version.
+    fn read_file(path: &Path) -> Result<(SessionFile, u64)> {
         let err = |msg: String| Error::Session { path: path.to_path_buf(), msg };
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let value: serde_json::Value =
@@ -422,6 +422,36 @@ impl Session {
             return Err(err("has no valid format version".into()));
         }
         let file: SessionFile = serde_json::from_value(value).map_err(|e| err(format!("malformed: {e}")))?;
+        Ok((file, version))
+    }
+
+    /// Title, last update, number of turns shown and of images, without reading the images.
+    pub fn load_summary(path: &Path) -> Result<(String, u64, usize, usize)> {
+        let (file, version) = Self::read_file(path)?;
+        let turns = if version == 1 {
+            file.turns.len()
+        } else {
+            // Length of the active path.
+            let parents: std::collections::HashMap<TurnId, Option<TurnId>> =
+                file.turns.iter().filter_map(|t| Some((t.id?, t.parent))).collect();
+            let mut n = 0;
+            let mut cur = file.active_leaf;
+            while let Some(id) = cur {
+                n += 1;
+                cur = parents.get(&id).copied().flatten();
+                if n > parents.len() {
+                    break;
+                }
+            }
+            n
+        };
+        Ok((file.title, file.updated_at, turns, file.images.len()))
+    }
+
+    /// Reads a session file. A file from a newer format version is refused (and left untouched).
+    pub fn load(path: &Path) -> Result<Self> {
+        let err = |msg: String| Error::Session { path: path.to_path_buf(), msg };
+        let (file, version) = Self::read_file(path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut images = BTreeMap::new();
         for (hash, entry) in &file.images {

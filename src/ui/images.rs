@@ -1,0 +1,142 @@
+//! Reading and decoding images off the UI thread: files the user drops or picks, pasted
+//! images, and thumbnails of the images already in a conversation. A 50 MP photo takes a worker
+//! a second to decode; the UI only ever receives small thumbnails.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use egui::ColorImage;
+
+use crate::chat::ImageData;
+use crate::preprocess::decode_rgb;
+
+/// Longest side of a thumbnail, in pixels.
+pub const THUMB_SIZE: u32 = 256;
+
+pub enum ImageJob {
+    /// A file to attach to the question being written.
+    File { key: u64, path: PathBuf },
+    /// An image pasted from the clipboard.
+    Pasted { key: u64, name: String, image: Arc<ColorImage> },
+    /// The thumbnail of an image already in the conversation.
+    Thumbnail { hash: String, name: String, bytes: Arc<[u8]> },
+}
+
+pub enum ImageResult {
+    Attached { key: u64, image: ImageData, thumb: ColorImage },
+    Refused { key: u64, message: String },
+    Thumbnail { hash: String, thumb: Result<ColorImage, String> },
+}
+
+/// Why a file could not be attached.
+pub enum Refusal {
+    Unreadable(String),
+    NotAnImage(String),
+}
+
+pub struct ImageWorker {
+    tx: Option<Sender<ImageJob>>,
+    rx: Receiver<ImageResult>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ImageWorker {
+    pub fn spawn(threads: usize, waker: Arc<dyn Fn() + Send + Sync>, tr: &'static crate::ui::i18n::Tr) -> Self {
+        let (tx, job_rx) = crossbeam_channel::unbounded::<ImageJob>();
+        let (res_tx, rx) = crossbeam_channel::unbounded();
+        let threads = (0..threads.max(1))
+            .map(|i| {
+                let job_rx = job_rx.clone();
+                let res_tx = res_tx.clone();
+                let waker = waker.clone();
+                std::thread::Builder::new()
+                    .name(format!("ziya-images-{i}"))
+                    .spawn(move || {
+                        for job in job_rx {
+                            let _ = res_tx.send(process(job, tr));
+                            waker();
+                        }
+                    })
+                    .expect("spawning an image thread")
+            })
+            .collect();
+        Self { tx: Some(tx), rx, threads }
+    }
+
+    pub fn submit(&self, job: ImageJob) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+
+    pub fn try_recv(&self) -> Option<ImageResult> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for ImageWorker {
+    fn drop(&mut self) {
+        self.tx = None; // ends the workers' loops
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn process(job: ImageJob, tr: &crate::ui::i18n::Tr) -> ImageResult {
+    use crate::ui::i18n::fill;
+    match job {
+        ImageJob::File { key, path } => {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match read_image(&path) {
+                Ok((image, thumb)) => ImageResult::Attached { key, image, thumb },
+                Err(Refusal::Unreadable(e)) => {
+                    ImageResult::Refused { key, message: fill(tr.cannot_read, &[&name, &e]) }
+                }
+                Err(Refusal::NotAnImage(e)) => {
+                    ImageResult::Refused { key, message: fill(tr.not_an_image, &[&name, &e]) }
+                }
+            }
+        }
+        ImageJob::Pasted { key, name, image } => match encode_png(&image) {
+            Ok(bytes) => match thumbnail(&bytes, &name) {
+                Ok(thumb) => ImageResult::Attached { key, image: ImageData::new(name, bytes), thumb },
+                Err(e) => ImageResult::Refused { key, message: fill(tr.not_an_image, &[&name, &e]) },
+            },
+            Err(e) => ImageResult::Refused { key, message: fill(tr.not_an_image, &[&name, &e]) },
+        },
+        ImageJob::Thumbnail { hash, name, bytes } => ImageResult::Thumbnail { hash, thumb: thumbnail(&bytes, &name) },
+    }
+}
+
+/// Reads and checks an image file; returns its data and thumbnail.
+pub fn read_image(path: &std::path::Path) -> Result<(ImageData, ColorImage), Refusal> {
+    let bytes = std::fs::read(path).map_err(|e| Refusal::Unreadable(e.to_string()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let thumb = thumbnail(&bytes, &name).map_err(Refusal::NotAnImage)?;
+    Ok((ImageData::new(name, bytes), thumb))
+}
+
+/// A thumbnail of encoded image bytes, with the EXIF orientation the model sees.
+pub fn thumbnail(bytes: &[u8], name: &str) -> Result<ColorImage, String> {
+    let rgb = decode_rgb(bytes, name).map_err(|e| match e {
+        crate::Error::Image { msg, .. } => msg,
+        other => other.to_string(),
+    })?;
+    let (w, h) = rgb.dimensions();
+    let scale = (THUMB_SIZE as f32 / w.max(h) as f32).min(1.0);
+    let (tw, th) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
+    let small = image::imageops::thumbnail(&rgb, tw, th);
+    Ok(ColorImage::from_rgb([tw as usize, th as usize], small.as_raw()))
+}
+
+fn encode_png(image: &ColorImage) -> Result<Vec<u8>, String> {
+    let [w, h] = image.size;
+    let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_srgba_unmultiplied()).collect();
+    let buf = image::RgbaImage::from_raw(w as u32, h as u32, rgba).ok_or("pasted image has no pixels")?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    buf.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    Ok(out.into_inner())
+}

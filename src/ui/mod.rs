@@ -1,0 +1,29 @@
+//! The desktop app: an egui window with drag-and-drop images and a streaming chat, talking to the
+//! engine thread over channels. Views (`views.rs`) render [`state::AppState`] and emit intents;
+//! [`ZiyaApp::apply`] is the one place that acts on them.
+
+pub mod fonts;
+pub mod i18n;
+pub mod images;
+pub mod state;
+mod views;
+
+pub use app::{AppOptions, ZiyaApp};
+pub use views::COMPOSER_ID;
+
+mod app;
+
+/// Opens the window (blocking until it is closed).
+pub fn run(options: AppOptions) -> anyhow::Result<()> {
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Ziya-Visual")
+            .with_inner_size([1180.0, 780.0])
+            .with_min_inner_size([720.0, 480.0])
+            .with_drag_and_drop(true),
+        persist_window: true,
+        ..Default::default()
+    };
+    eframe::run_native("ziya-visual", native, Box::new(move |cc| Ok(Box::new(ZiyaApp::new(cc, options)))))
+        .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+}

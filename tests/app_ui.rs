@@ -1,0 +1,216 @@
+//! The desktop app driven headlessly with egui_kittest: the real `ZiyaApp`, the real engine
+//! thread and the committed tiny checkpoint (no mock engine). Missing glyphs fail the test, so
+//! Chinese must render with the bundled font.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use egui::{Key, Modifiers};
+use egui_kittest::kittest::{NodeT, Queryable};
+use egui_kittest::Harness;
+use ziya_visual::inference::StopReason;
+use ziya_visual::sampling::SamplingParams;
+use ziya_visual::ui::i18n::Lang;
+use ziya_visual::ui::state::{ModelStatus, NoticeKind};
+use ziya_visual::ui::{AppOptions, ZiyaApp};
+
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn options(data: &Path, sampling: SamplingParams, with_model: bool) -> AppOptions {
+    AppOptions {
+        data_dir: Some(data.to_path_buf()),
+        vision_model: with_model.then(vision_dir),
+        llm_model: with_model.then(llm_dir),
+        lang: Some(Lang::En),
+        sampling: Some(sampling),
+        fresh: true,
+        ..Default::default()
+    }
+}
+
+fn harness(opts: AppOptions) -> Harness<'static, ZiyaApp> {
+    Harness::builder().with_size([1200.0, 800.0]).build_eframe(move |cc| ZiyaApp::new(cc, opts))
+}
+
+/// Steps the app (as frames would) until `done` holds.
+fn step_until(h: &mut Harness<'_, ZiyaApp>, what: &str, mut done: impl FnMut(&ZiyaApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(h.state()) {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+fn wait_ready(h: &mut Harness<'_, ZiyaApp>) {
+    step_until(h, "the model to load", |a| match &a.state.model {
+        ModelStatus::Ready(_) => true,
+        ModelStatus::Failed(e) => panic!("load failed: {e}"),
+        _ => false,
+    });
+}
+
+fn drop_files(h: &mut Harness<'_, ZiyaApp>, files: &[PathBuf]) {
+    for f in files {
+        h.input_mut().dropped_files.push(Arc::new(DroppedPath(f.clone())));
+    }
+    h.step();
+}
+
+fn type_and_enter(h: &mut Harness<'_, ZiyaApp>, text: &str) {
+    h.ctx.memory_mut(|m| m.request_focus(egui::Id::unique(ziya_visual::ui::COMPOSER_ID)));
+    h.step();
+    h.event(egui::Event::Text(text.to_string()));
+    h.step();
+    h.key_press(Key::Enter);
+    h.step();
+}
+
+fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
+}
+
+#[test]
+fn dropped_images_and_enter_give_the_same_streamed_answer_as_ask() {
+    let data = tempfile::tempdir().unwrap();
+    let turn = cases()["cases"]["two_images"][0].clone();
+    let max_new = turn["max_new_tokens"].as_u64().unwrap() as usize;
+    let mut h = harness(options(data.path(), greedy(max_new), true));
+    wait_ready(&mut h);
+
+    // Two dropped files become two thumbnails in the composer.
+    let images: Vec<PathBuf> =
+        turn["images"].as_array().unwrap().iter().map(|n| image_path(n.as_str().unwrap())).collect();
+    drop_files(&mut h, &images);
+    step_until(&mut h, "two thumbnails", |a| a.attachment_thumbs.len() == 2);
+    assert_eq!(h.state().state.composer.attachments.len(), 2);
+    assert!(h.query_all_by_label("photo_odd.png").next().is_some());
+    assert!(h.query_all_by_label("rgba.png").next().is_some());
+
+    // Shift+Enter is a new line, not a send.
+    h.ctx.memory_mut(|m| m.request_focus(egui::Id::unique(ziya_visual::ui::COMPOSER_ID)));
+    h.step();
+    h.event(egui::Event::Text("x".into()));
+    h.key_press_modifiers(Modifiers::SHIFT, Key::Enter);
+    h.step();
+    assert!(h.state().state.pending.is_none(), "Shift+Enter does not send");
+    assert_eq!(h.state().state.composer.text, "x\n", "Shift+Enter inserts a new line");
+    h.state_mut().state.composer.text.clear();
+    h.step();
+
+    // Enter sends; the answer streams into the pending bubble, then becomes a turn.
+    type_and_enter(&mut h, turn["query"].as_str().unwrap());
+    assert!(h.state().state.pending.is_some(), "Enter sends");
+    let mut partial_lengths = Vec::new();
+    step_until(&mut h, "the answer", |a| {
+        if let Some(p) = &a.state.pending {
+            partial_lengths.push(p.answer.len());
+        }
+        a.state.pending.is_none()
+    });
+    let app = h.state();
+    let path = app.state.session.active_path();
+    assert_eq!(path.len(), 1);
+    let answer = &path[0];
+    assert_eq!(answer.query, turn["query"].as_str().unwrap());
+    assert_eq!(answer.images.len(), 2);
+
+    // The same turn through `ask`.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ziya-visual"));
+    cmd.arg("ask").arg("--vision-model").arg(vision_dir()).arg("--llm-model").arg(llm_dir());
+    cmd.args(["--temperature", "0", "--max-new-tokens", &max_new.to_string(), "--json"]);
+    for i in &images {
+        cmd.arg("--image").arg(i);
+    }
+    let out = cmd.arg(turn["query"].as_str().unwrap()).output().unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ask --json");
+    assert_eq!(answer.answer, j["text"].as_str().unwrap(), "the app's answer is ask's answer");
+    assert_eq!(answer.token_ids, ids(&j["token_ids"]));
+    assert_eq!(answer.answer, turn["text"].as_str().unwrap(), "and the reference's");
+    assert!(partial_lengths.iter().all(|&n| n <= answer.answer.len()));
+
+    // The finished turn was autosaved.
+    assert!(app.state.session_id.is_some());
+    assert_eq!(app.sessions.len(), 1);
+}
+
+#[test]
+fn stop_cancels_mid_answer_and_keeps_the_partial_turn() {
+    let data = tempfile::tempdir().unwrap();
+    let long = SamplingParams { temperature: 0.0, max_new_tokens: 400, ignore_eos: true, ..Default::default() };
+    let mut h = harness(options(data.path(), long, true));
+    wait_ready(&mut h);
+    type_and_enter(&mut h, "tell me a long story");
+    step_until(&mut h, "the answer to start streaming", |a| {
+        a.state.pending.as_ref().is_some_and(|p| !p.answer.is_empty())
+    });
+    h.get_by_label("■ Stop").click();
+    step_until(&mut h, "the answer to stop", |a| a.state.pending.is_none());
+    let app = h.state();
+    let turn = app.state.session.active_path()[0].clone();
+    let stats = turn.stats.expect("stats");
+    assert_eq!(stats.stop, StopReason::Cancelled);
+    assert!(turn.token_ids.len() < 400, "stopped early: {} tokens", turn.token_ids.len());
+    assert!(!turn.answer.is_empty());
+    h.get_by_label("(stopped)");
+}
+
+#[test]
+fn a_dropped_text_file_is_refused_by_name() {
+    let data = tempfile::tempdir().unwrap();
+    let mut h = harness(options(data.path(), greedy(4), false));
+    drop_files(&mut h, &[fixtures().join("corpus.txt")]);
+    step_until(&mut h, "the refusal", |a| !a.state.notices.is_empty());
+    let app = h.state();
+    assert!(app.state.composer.attachments.is_empty());
+    let n = &app.state.notices[0];
+    assert_eq!(n.kind, NoticeKind::Error);
+    assert!(n.text.contains("corpus.txt") && n.text.contains("not a usable image"), "{}", n.text);
+    h.get_by_label_contains("corpus.txt");
+}
+
+#[test]
+fn without_a_model_send_is_disabled_and_says_why_and_the_demo_is_offered() {
+    let data = tempfile::tempdir().unwrap();
+    let mut h = harness(options(data.path(), greedy(4), false));
+    h.step();
+    h.get_by_label("Load a model first (model panel on the right)");
+    assert!(h.get_by_label("▶ Send").accesskit_node().is_disabled());
+    // The panel explains the two folders and offers the demo, labelled as random weights.
+    h.get_by_label_contains("You need two folders");
+    h.get_by_label_contains("random weights");
+    h.get_by_label("▶ Try the demo model").click();
+    wait_ready(&mut h);
+    h.get_by_label_contains("DEMO · random weights");
+}
+
+#[test]
+fn the_chinese_interface_renders_without_system_cjk_fonts() {
+    // kittest has no system fonts: only egui's defaults and what the app installs. A missing
+    // glyph panics, so this fails if the bundled font does not cover the Chinese UI.
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = options(data.path(), greedy(8), true);
+    opts.lang = Some(Lang::Zh);
+    let mut h = harness(opts);
+    wait_ready(&mut h);
+    h.get_by_label("▶ 发送");
+    type_and_enter(&mut h, "这张图片里有什么？请讲一个故事。");
+    step_until(&mut h, "the answer", |a| a.state.pending.is_none() && !a.state.session.turns.is_empty());
+    // Shown in the chat and, as the conversation's title, in the sidebar.
+    assert_eq!(h.query_all_by_label("这张图片里有什么？请讲一个故事。").count(), 2);
+}
