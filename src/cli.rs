@@ -46,7 +46,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Answer one question about zero or more images, printing the answer as it is generated.
-    Ask(AskArgs),
+    Ask(Box<AskArgs>),
+    /// Write a random-weight checkpoint pair in the real layout (benchmarks, memory checks).
+    #[command(hide = true)]
+    MakeRandomModel {
+        #[arg(long, value_enum)]
+        preset: crate::model::random::Preset,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Args)]

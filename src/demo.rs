@@ -25,6 +25,15 @@ static FILES: &[(&str, &[u8])] = &[
     asset!("llm", "special_tokens_map.json"),
 ];
 
+/// Writes the demo's tokenizer (the tiny checkpoint's) into an LLM folder.
+pub fn write_tokenizer(llm_dir: &Path) -> Result<()> {
+    for (rel, bytes) in FILES.iter().filter(|(rel, _)| rel.starts_with("llm/tokenizer")) {
+        let name = rel.trim_start_matches("llm/");
+        crate::session::write_atomic(&llm_dir.join(name), bytes)?;
+    }
+    Ok(())
+}
+
 /// The demo's vision and LLM folders under `root`.
 pub fn dirs(root: &Path) -> (PathBuf, PathBuf) {
     (root.join("vision"), root.join("llm"))

@@ -5,6 +5,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Ask(args)) => run_ask(args),
+        Some(Command::MakeRandomModel { preset, out, seed }) => ziya_visual::model::random::write(out, *preset, *seed)
+            .map(|(v, l)| {
+                println!("{}\n{}", v.display(), l.display());
+            }),
         None => {
             let options = ziya_visual::ui::AppOptions {
                 vision_model: cli.vision_model.clone(),

@@ -237,3 +237,14 @@ fn a_version_1_session_continues_with_the_reference_ids() {
     let j = run_turn(&turn, &["--session", path.to_str().unwrap()]);
     assert_eq!(ids(&j["token_ids"]), ids(&turn["token_ids"]));
 }
+
+#[test]
+fn a_truncated_safetensors_file_is_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("vision-st");
+    copy_dir(&fixtures().join("layouts/vision-safetensors"), &st);
+    let file = st.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    fails_naming(&ask_with(&st, &llm_dir()), &["model.safetensors", "truncated"]);
+}

@@ -5,6 +5,8 @@ pub mod config;
 pub mod layers;
 pub mod llama;
 pub mod qformer;
+pub mod random;
+pub mod shapes;
 pub mod vision;
 pub mod weights;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -33,8 +33,56 @@ impl LoadCounter {
 }
 
 enum WeightFile {
-    Safetensors(MmapedSafetensors),
+    Safetensors(MappedSafetensors),
     Pth(candle_core::pickle::PthTensors),
+}
+
+/// A memory-mapped safetensors file. Each tensor is copied out of the mapping and its pages are
+/// then handed back to the kernel, so a loaded file stops counting against the process.
+struct MappedSafetensors {
+    mmap: memmap2::Mmap,
+    data_start: usize,
+    infos: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+impl MappedSafetensors {
+    fn open(path: &Path) -> std::result::Result<Self, String> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        // SAFETY: the mapping is read-only; a file changed underneath us while loading could give
+        // wrong values but not memory unsafety beyond what mmap always implies.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+        let (n, metadata) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                "the file is truncated (its data is shorter than its header says: an incomplete download or copy?)"
+                    .to_string()
+            }
+            other => other.to_string(),
+        })?;
+        let data_start = 8 + n;
+        let infos: HashMap<String, safetensors::tensor::TensorInfo> =
+            metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+        if let Some((name, _)) = infos.iter().find(|(_, i)| data_start + i.data_offsets.1 > mmap.len()) {
+            return Err(format!("the file is truncated (tensor `{name}` extends past its end)"));
+        }
+        Ok(Self { mmap, data_start, infos })
+    }
+
+    fn load(&self, name: &str) -> std::result::Result<Tensor, String> {
+        use candle_core::safetensors::Load;
+        let info = self.infos.get(name).ok_or("tensor not in file")?;
+        let (start, end) = (self.data_start + info.data_offsets.0, self.data_start + info.data_offsets.1);
+        let bytes = self.mmap.get(start..end).ok_or("tensor data outside the file")?;
+        let view =
+            safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), bytes).map_err(|e| e.to_string())?;
+        let tensor = view.load(&Device::Cpu).map_err(|e| e.to_string())?;
+        #[cfg(unix)]
+        // SAFETY: the mapping is private and read-only; dropped pages are re-read from the file
+        // if ever touched again, so no data the program sees changes.
+        unsafe {
+            let _ = self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
+        }
+        Ok(tensor)
+    }
 }
 
 struct Entry {
@@ -77,14 +125,12 @@ impl Checkpoint {
             let idx = files.len();
             let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
             let file = if is_safetensors {
-                // SAFETY: the mapping is read-only; a file changed underneath us while loading
-                // could give wrong values but not memory unsafety beyond what mmap always implies.
-                let st = unsafe { MmapedSafetensors::new(path) }
+                let st = MappedSafetensors::open(path)
                     .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file: {e}")))?;
-                for (name, view) in st.tensors() {
-                    let shape = Shape::from(view.shape());
-                    let bytes = view.data().len() as u64;
-                    entries.insert(name, Entry { file: idx, shape, bytes });
+                for (name, info) in &st.infos {
+                    let shape = Shape::from(info.shape.clone());
+                    let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+                    entries.insert(name.clone(), Entry { file: idx, shape, bytes });
                 }
                 WeightFile::Safetensors(st)
             } else {
@@ -142,7 +188,9 @@ impl Checkpoint {
         let (path, file) = &self.files[entry.file];
         let wrap = |e: candle_core::Error| Error::checkpoint(path, format!("reading tensor `{name}`: {e}"));
         let tensor = match file {
-            WeightFile::Safetensors(st) => st.load(name, &Device::Cpu).map_err(wrap)?,
+            WeightFile::Safetensors(st) => {
+                st.load(name).map_err(|e| Error::checkpoint(path, format!("reading tensor `{name}`: {e}")))?
+            }
             WeightFile::Pth(pth) => pth
                 .get(name)
                 .map_err(wrap)?

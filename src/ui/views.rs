@@ -302,6 +302,9 @@ fn settings_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
 
 /// A row of image thumbnails for the given content hashes.
 fn thumbnails(ui: &mut Ui, app: &mut ZiyaApp, hashes: &[String], size: f32) {
+    if hashes.is_empty() {
+        return;
+    }
     let tr = app.state.tr();
     ui.horizontal_wrapped(|ui| {
         for hash in hashes {
