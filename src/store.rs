@@ -62,6 +62,7 @@ impl SessionStore {
             .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
             .unwrap_or_default();
         let mut store = Self { dir: dir.to_path_buf(), index };
+        store.remove_stale_temporaries();
         store.refresh()?;
         Ok(store)
     }
@@ -85,6 +86,19 @@ impl SessionStore {
             n += 1;
         }
         id
+    }
+
+    /// Temporary files of saves that never finished (the process was killed mid-write): the
+    /// previous version of their file is intact, so they are only clutter.
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Re-reads the summaries of files that changed or are new, drops vanished ones.

@@ -204,7 +204,7 @@ fn broken_checkpoints_are_reported_by_file() {
 
     // A config that does not match the weights.
     let cfg = std::fs::read_to_string(llm.join("config.json")).unwrap();
-    std::fs::write(llm.join("config.json"), cfg.replace("\"intermediate_size\": 176", "\"intermediate_size\": 200"))
+    std::fs::write(llm.join("config.json"), cfg.replace("\"intermediate_size\": 512", "\"intermediate_size\": 640"))
         .unwrap();
     fails_naming(&ask_with(&vision, &llm), &["gate_proj", "shape"]);
     std::fs::write(llm.join("config.json"), &cfg).unwrap();

@@ -26,6 +26,11 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
+
+    /// Bytes the weight occupies.
+    pub fn weight_bytes(&self) -> u64 {
+        (self.inner.weight().elem_count() * self.inner.weight().dtype().size_in_bytes()) as u64
+    }
 }
 
 impl Module for Linear {

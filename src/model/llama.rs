@@ -264,6 +264,23 @@ impl Llama {
         &self.cfg
     }
 
+    /// Bytes of weights one decode step reads: every layer and the LM head (the embedding table
+    /// is only indexed).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let linears = self.layers.iter().flat_map(|l| {
+            [
+                &l.self_attn.q_proj,
+                &l.self_attn.k_proj,
+                &l.self_attn.v_proj,
+                &l.self_attn.o_proj,
+                &l.mlp.gate_proj,
+                &l.mlp.up_proj,
+                &l.mlp.down_proj,
+            ]
+        });
+        linears.chain(std::iter::once(&self.lm_head)).map(|l| l.weight_bytes()).sum()
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -513,7 +513,13 @@ impl ZiyaApp {
                 }
                 self.refresh_sessions();
             }
+            Intent::StartRename(id) => {
+                let title =
+                    self.sessions.iter().find(|(i, _)| *i == id).map(|(_, e)| e.title.clone()).unwrap_or_default();
+                self.state.renaming = Some((id, title));
+            }
             Intent::RenameSession(id, title) => {
+                self.state.renaming = None;
                 let title = title.trim().to_string();
                 if title.is_empty() {
                     return;
@@ -628,6 +634,10 @@ impl ZiyaApp {
         intents.extend(pasted.into_iter().map(Intent::PasteImage));
         if escape && self.state.is_busy() {
             intents.push(Intent::Stop);
+        }
+        // Ctrl+Q quits through the normal close path (an answer in flight is stopped and saved).
+        if ctx.input(|i| i.modifiers.command && i.key_pressed(egui::Key::Q)) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
     }
 

@@ -126,6 +126,7 @@ pub enum Intent {
     NewChat,
     OpenSession(String),
     DeleteSession(String),
+    StartRename(String),
     RenameSession(String, String),
     OpenSessionFile(PathBuf),
     PickSessionFile,
@@ -153,6 +154,8 @@ pub struct AppState {
     pub next_key: u64,
     /// Decode speed of the last answer.
     pub last_speed: Option<f64>,
+    /// A conversation being renamed in the sidebar: its id and the title being typed.
+    pub renaming: Option<(String, String)>,
 }
 
 impl AppState {
@@ -170,6 +173,7 @@ impl AppState {
             next_request: 1,
             next_key: 1,
             last_speed: None,
+            renaming: None,
         }
     }
 

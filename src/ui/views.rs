@@ -117,7 +117,7 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn sidebar(ui: &mut Ui, app: &ZiyaApp, intents: &mut Vec<Intent>) {
+fn sidebar(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
     let tr = app.state.tr();
     ui.heading(tr.conversations);
     ui.separator();
@@ -128,8 +128,10 @@ fn sidebar(ui: &mut Ui, app: &ZiyaApp, intents: &mut Vec<Intent>) {
     let busy = app.state.is_busy();
     let row_height = 46.0;
     // Only the visible rows are laid out, so hundreds of conversations cost nothing per frame.
-    ScrollArea::vertical().auto_shrink([false, false]).show_rows(ui, row_height, app.sessions.len(), |ui, range| {
-        for (id, entry) in &app.sessions[range] {
+    let count = app.sessions.len();
+    ScrollArea::vertical().auto_shrink([false, false]).show_rows(ui, row_height, count, |ui, range| {
+        let rows: Vec<_> = app.sessions[range].to_vec();
+        for (id, entry) in &rows {
             let selected = app.state.session_id.as_deref() == Some(id.as_str());
             let title = if entry.problem.is_some() { format!("⚠ {}", entry.title) } else { entry.title.clone() };
             let subtitle = format!(
@@ -139,6 +141,17 @@ fn sidebar(ui: &mut Ui, app: &ZiyaApp, intents: &mut Vec<Intent>) {
             );
             ui.allocate_ui(Vec2::new(ui.available_width(), row_height), |ui| {
                 ui.vertical(|ui| {
+                    if let Some((rid, text)) = app.state.renaming.as_mut().filter(|(rid, _)| rid == id) {
+                        let r = ui.add(egui::TextEdit::singleline(text).desired_width(f32::INFINITY));
+                        r.request_focus();
+                        if ui.input(|i| i.key_pressed(Key::Enter)) {
+                            intents.push(Intent::RenameSession(rid.clone(), text.clone()));
+                        } else if ui.input(|i| i.key_pressed(Key::Escape)) || r.lost_focus() {
+                            intents.push(Intent::RenameSession(rid.clone(), String::new()));
+                        }
+                        ui.label(RichText::new(&subtitle).small().weak());
+                        return;
+                    }
                     let r = ui.add_enabled(
                         !busy && entry.problem.is_none(),
                         egui::Button::selectable(selected, RichText::new(title).strong()).truncate(),
@@ -147,10 +160,16 @@ fn sidebar(ui: &mut Ui, app: &ZiyaApp, intents: &mut Vec<Intent>) {
                         Some(p) => r.on_disabled_hover_text(p),
                         None => r,
                     };
-                    if r.clicked() {
+                    if r.double_clicked() {
+                        intents.push(Intent::StartRename(id.clone()));
+                    } else if r.clicked() {
                         intents.push(Intent::OpenSession(id.clone()));
                     }
                     r.context_menu(|ui| {
+                        if ui.button(tr.rename).clicked() {
+                            intents.push(Intent::StartRename(id.clone()));
+                            ui.close();
+                        }
                         if ui.button(tr.delete).clicked() {
                             intents.push(Intent::DeleteSession(id.clone()));
                             ui.close();
@@ -522,8 +541,7 @@ fn composer(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
                 .hint_text(tr.composer_hint)
                 .desired_rows(2)
                 .desired_width(width.max(100.0)),
-        )
-        .on_hover_text(tr.composer_hint);
+        );
         ui.vertical(|ui| {
             if app.state.is_busy() {
                 if ui.button(format!("■ {}", tr.stop)).clicked() {

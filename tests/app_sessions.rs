@@ -1,0 +1,210 @@
+//! Sessions through the real app (egui_kittest, real engine, tiny checkpoint): a file the app
+//! writes continues under `ask --session` with the reference ids and the other way round;
+//! regenerating and editing make versions the switcher moves between; a session whose image is
+//! gone still opens and names it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use egui::Key;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use ziya_visual::sampling::SamplingParams;
+use ziya_visual::ui::i18n::Lang;
+use ziya_visual::ui::state::{Intent, ModelStatus};
+use ziya_visual::ui::{AppOptions, ZiyaApp, COMPOSER_ID};
+
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn app(data: &Path, sampling: SamplingParams) -> Harness<'static, ZiyaApp> {
+    let opts = AppOptions {
+        data_dir: Some(data.to_path_buf()),
+        vision_model: Some(vision_dir()),
+        llm_model: Some(llm_dir()),
+        lang: Some(Lang::En),
+        sampling: Some(sampling),
+        fresh: true,
+        ..Default::default()
+    };
+    let mut h = Harness::builder().with_size([1200.0, 800.0]).build_eframe(move |cc| ZiyaApp::new(cc, opts));
+    step_until(&mut h, "the model", |a| match &a.state.model {
+        ModelStatus::Ready(_) => true,
+        ModelStatus::Failed(e) => panic!("{e}"),
+        _ => false,
+    });
+    h
+}
+
+fn step_until(h: &mut Harness<'_, ZiyaApp>, what: &str, mut done: impl FnMut(&ZiyaApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(h.state()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+/// Attaches `images`, types `query`, presses Enter and waits for the answer.
+fn ask_in_app(h: &mut Harness<'_, ZiyaApp>, images: &[PathBuf], query: &str) {
+    for f in images {
+        h.input_mut().dropped_files.push(Arc::new(DroppedPath(f.clone())));
+    }
+    h.step();
+    let n = images.len();
+    step_until(h, "attachments", |a| a.state.composer.attachments.iter().filter(|x| x.image.is_some()).count() == n);
+    h.ctx.memory_mut(|m| m.request_focus(egui::Id::unique(COMPOSER_ID)));
+    h.step();
+    h.event(egui::Event::Text(query.to_string()));
+    h.key_press(Key::Enter);
+    h.step();
+    step_until(h, "the answer", |a| a.state.pending.is_none());
+}
+
+fn turn_spec(i: usize) -> (Vec<PathBuf>, String, usize, Vec<u32>) {
+    let t = &cases()["cases"]["three_turn"][i];
+    let images = t["images"].as_array().unwrap().iter().map(|n| image_path(n.as_str().unwrap())).collect();
+    (images, t["query"].as_str().unwrap().into(), t["max_new_tokens"].as_u64().unwrap() as usize, ids(&t["token_ids"]))
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams { temperature: 0.0, max_new_tokens: n, ..Default::default() }
+}
+
+#[test]
+fn app_and_ask_continue_each_others_sessions_with_the_reference_ids() {
+    let data = tempfile::tempdir().unwrap();
+    // Turn 1 in the app.
+    let (images, query, n, want) = turn_spec(0);
+    let mut h = app(data.path(), greedy(n));
+    ask_in_app(&mut h, &images, &query);
+    assert_eq!(h.state().state.session.active_path()[0].token_ids, want, "app, turn 1");
+    let id = h.state().state.session_id.clone().expect("autosaved");
+    let app_file = data.path().join("sessions").join(format!("{id}.json"));
+    assert!(app_file.is_file());
+
+    // Turn 2 through `ask --session` on the app's file.
+    let (_, query, n, want) = turn_spec(1);
+    let ask_file = data.path().join("from-ask.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+        .arg("ask")
+        .arg("--vision-model")
+        .arg(vision_dir())
+        .arg("--llm-model")
+        .arg(llm_dir())
+        .args(["--temperature", "0", "--max-new-tokens", &n.to_string(), "--json", "--session"])
+        .arg(&app_file)
+        .arg("--save-session")
+        .arg(&ask_file)
+        .arg(&query)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&j["token_ids"]), want, "ask on the app's file, turn 2");
+
+    // Turn 3 back in the app, on the file `ask` wrote (opened by dropping it on the window).
+    let (images, query, n, want) = turn_spec(2);
+    h.state_mut().state.prefs.sampling = greedy(n);
+    h.input_mut().dropped_files.push(Arc::new(DroppedPath(ask_file.clone())));
+    h.step();
+    step_until(&mut h, "the dropped session to open", |a| a.state.session.active_path().len() == 2);
+    ask_in_app(&mut h, &images, &query);
+    let path = h.state().state.session.active_path().iter().map(|t| t.token_ids.clone()).collect::<Vec<_>>();
+    assert_eq!(path.len(), 3);
+    assert_eq!(path[2], want, "app on ask's file, turn 3");
+    // The opened file itself was not written to: the app keeps its own copy.
+    let ask_written = ziya_visual::session::Session::load(&ask_file).unwrap();
+    assert_eq!(ask_written.active_path().len(), 2);
+}
+
+#[test]
+fn regenerate_and_edit_make_versions_to_switch_between() {
+    let data = tempfile::tempdir().unwrap();
+    let sampled = SamplingParams { temperature: 1.5, top_p: 1.0, max_new_tokens: 12, ..Default::default() };
+    let mut h = app(data.path(), sampled);
+    ask_in_app(&mut h, &[], "first question");
+    let first = h.state().state.session.active_path()[0].clone();
+
+    h.get_by_label("Regenerate").click();
+    h.step();
+    step_until(&mut h, "the regenerated answer", |a| a.state.pending.is_none() && a.state.session.turns.len() == 2);
+    let second = h.state().state.session.active_path()[0].clone();
+    assert_ne!(first.id, second.id);
+    assert_eq!(second.query, first.query);
+    h.get_by_label("2/2");
+    h.get_by_label("‹").click();
+    h.step(); // the click is handled at the end of this frame
+    h.step(); // and shows in the next
+    assert_eq!(h.state().state.session.active_path()[0].id, first.id, "back to version 1");
+    h.get_by_label("1/2");
+
+    // Editing the question makes a third version, answered anew.
+    h.get_by_label("Edit").click();
+    h.step();
+    h.state_mut().state.editing.as_mut().unwrap().text = "an edited question".into();
+    h.step();
+    h.get_by_label("Save & regenerate").click();
+    h.step();
+    step_until(&mut h, "the edited turn", |a| a.state.pending.is_none() && a.state.session.turns.len() == 3);
+    let edited = h.state().state.session.active_path()[0].clone();
+    assert_eq!(edited.query, "an edited question");
+    h.get_by_label("3/3");
+
+    // All three versions are in the saved file.
+    let id = h.state().state.session_id.clone().unwrap();
+    let saved = ziya_visual::session::Session::load(&data.path().join("sessions").join(format!("{id}.json"))).unwrap();
+    assert_eq!(saved.turns.len(), 3);
+    assert_eq!(saved.active_path()[0].query, "an edited question");
+
+    // Delete removes the turn shown.
+    h.get_by_label("Delete").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().state.session.turns.len(), 2);
+}
+
+#[test]
+fn a_session_whose_image_is_gone_opens_and_names_it() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("kept.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+        .arg("ask")
+        .arg("--vision-model")
+        .arg(vision_dir())
+        .arg("--llm-model")
+        .arg(llm_dir())
+        .args(["--temperature", "0", "--max-new-tokens", "4", "--image"])
+        .arg(image_path("photo_odd.png"))
+        .arg("--save-session")
+        .arg(&file)
+        .arg("q")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::remove_dir_all(data.path().join("kept.images")).unwrap();
+
+    let mut h = app(data.path(), greedy(4));
+    h.state_mut().apply(Intent::OpenSessionFile(file));
+    h.step();
+    h.step();
+    let app = h.state();
+    assert_eq!(app.state.session.active_path().len(), 1, "the conversation opened");
+    assert!(app.state.notices.iter().any(|n| n.text.contains("photo_odd.png")), "the missing image is named");
+    h.get_by_label_contains("Image photo_odd.png is missing");
+}
