@@ -47,6 +47,18 @@ pub struct Cli {
 pub enum Command {
     /// Answer one question about zero or more images, printing the answer as it is generated.
     Ask(Box<AskArgs>),
+    /// Export a saved conversation as one self-contained HTML file or a Markdown folder.
+    Export {
+        /// The session file.
+        #[arg(long)]
+        session: PathBuf,
+        /// Write one HTML file here (images inline).
+        #[arg(long, conflicts_with = "markdown", required_unless_present = "markdown")]
+        html: Option<PathBuf>,
+        /// Write a folder with the .md file and its images under this folder.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// Write a random-weight checkpoint pair in the real layout (benchmarks, memory checks).
     #[command(hide = true)]
     MakeRandomModel {
@@ -125,6 +137,25 @@ pub fn read_image_file(path: &std::path::Path) -> Result<ImageData> {
     // Decode once now so a bad file is reported before minutes of model loading.
     crate::preprocess::decode_rgb(&bytes, &path.display().to_string())?;
     Ok(ImageData::new(name, bytes))
+}
+
+/// `ziya-visual export`: prints the path written.
+pub fn run_export(
+    session: &std::path::Path,
+    html: Option<&std::path::Path>,
+    markdown: Option<&std::path::Path>,
+) -> Result<()> {
+    let s = Session::load(session)?;
+    for p in s.image_problems() {
+        eprintln!("warning: {p}");
+    }
+    let written = match (html, markdown) {
+        (Some(h), _) => crate::export::write_html(&s, h)?,
+        (None, Some(m)) => crate::export::write_markdown(&s, m)?,
+        (None, None) => return Err(Error::Request("give --html FILE or --markdown DIR".into())),
+    };
+    println!("{}", written.display());
+    Ok(())
 }
 
 pub fn run_ask(args: &AskArgs) -> Result<()> {

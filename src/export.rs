@@ -163,8 +163,9 @@ pub fn render_html(session: &Session) -> String {
         h,
         "<!DOCTYPE html>\n<html lang=\"zh\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<style>\n\
-         body {{ font-family: system-ui, -apple-system, 'Segoe UI', 'PingFang SC', 'Hiragino Sans GB', \
-         'Microsoft YaHei', 'Noto Sans CJK SC', 'WenQuanYi Micro Hei', sans-serif; max-width: 860px; \
+         @font-face {{ font-family: 'Ziya CJK'; font-display: block; src: url(data:font/otf;base64,{}) format('opentype'); \
+         unicode-range: U+3000-303F, U+3400-4DBF, U+4E00-9FFF, U+FF00-FFEF; }}\n\
+         body {{ font-family: 'Ziya CJK', system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 860px; \
          margin: 2em auto; padding: 0 1em; color: #222; background: #fafafa; line-height: 1.6; }}\n\
          .meta {{ color: #666; font-size: 0.9em; }}\n\
          .turn {{ margin: 1.5em 0; }}\n\
@@ -176,6 +177,9 @@ pub fn render_html(session: &Session) -> String {
          .missing {{ color: #a60; }}\n\
          </style>\n</head>\n<body>\n<h1>{}</h1>\n<p class=\"meta\">Exported from ziya-visual · Model: {}</p>\n",
         escape(&session.title),
+        // The bundled CJK font for Chinese text (unicode-range: the browser knows up front which
+        // text needs it and waits for it, instead of drawing boxes and never repainting).
+        base64::engine::general_purpose::STANDARD.encode(crate::ui::fonts::BUNDLED_CJK),
         escape(&session.title),
         escape(&model_line(session).replace('`', ""))
     );
@@ -262,7 +266,11 @@ mod tests {
         assert!(html.contains("<strong>猫</strong>"), "markdown rendered");
         assert!(html.contains("&lt;b&gt;raw&lt;/b&gt;"), "raw HTML in answers is shown, not run");
         assert!(!html.contains('\u{0007}'));
-        assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "nothing external");
+        assert!(
+            !html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("url(http"),
+            "nothing external"
+        );
+        assert!(html.contains("@font-face") && html.contains("data:font/otf;base64,"), "CJK font embedded");
         assert!(html.contains("temperature 0.7"));
     }
 

@@ -5,6 +5,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Ask(args)) => run_ask(args),
+        Some(Command::Export { session, html, markdown }) => {
+            ziya_visual::cli::run_export(session, html.as_deref(), markdown.as_deref())
+        }
         Some(Command::MakeRandomModel { preset, out, seed }) => ziya_visual::model::random::write(out, *preset, *seed)
             .map(|(v, l)| {
                 println!("{}\n{}", v.display(), l.display());
