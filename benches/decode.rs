@@ -55,16 +55,19 @@ fn main() {
     println!("read bandwidth (all cores): {:.1} GB/s", bw / 1e9);
     let tokens = 32;
     let dtypes: Vec<String> = std::env::var("ZIYA_BENCH_DTYPES")
-        .unwrap_or_else(|_| "f32,f16".into())
+        .unwrap_or_else(|_| "f32,f16,f32+q8_0,f32+q4k".into())
         .split(',')
         .map(str::to_string)
         .collect();
     for name in dtypes {
+        // "f16" or "f32+q4k" style: a precision and an optional quantization.
+        let (dt, q) = name.split_once('+').unwrap_or((&name, ""));
         let spec = ModelSpec {
             vision_dir: vision.clone(),
             llm_dir: llm.clone(),
-            dtype: parse_dtype(&name).unwrap(),
+            dtype: parse_dtype(dt).unwrap(),
             device: Device::Cpu,
+            quant: ziya_visual::model::layers::Quant::parse(q),
         };
         let t = Instant::now();
         let mut p = Pipeline::load(&spec, Arc::new(LoadCounter::default())).unwrap();

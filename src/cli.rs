@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::chat::ImageData;
-use crate::device::{device_name, dtype_name, parse_dtype, select_device};
+use crate::device::{device_name, dtype_name, effective_dtype, parse_dtype, select_device};
 use crate::error::{Error, Result};
 use crate::inference::{Pipeline, Timings};
 use crate::model::weights::LoadCounter;
@@ -35,6 +35,9 @@ pub struct Cli {
     /// Precision for the window's model: f32, f16 or bf16.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Quantization for the window's model: q8_0, q6k or q4k.
+    #[arg(long, value_enum)]
+    pub quant: Option<crate::model::layers::Quant>,
     /// Load the built-in demo model (tiny, random weights: its answers are noise).
     #[arg(long)]
     pub demo: bool,
@@ -103,9 +106,12 @@ pub struct AskArgs {
     pub repeat_penalty: f32,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// f32, f16 or bf16.
+    /// f32, f16 or bf16 (bf16 runs as f16 on the CPU).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Quantize the LLM's linear layers while loading: q8_0, q6k or q4k.
+    #[arg(long, value_enum)]
+    pub quant: Option<crate::model::layers::Quant>,
     /// cpu, cuda or metal (falls back to the CPU, saying why, when unavailable).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -169,10 +175,13 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
         ignore_eos: args.ignore_eos,
     };
     params.validate().map_err(Error::Request)?;
-    let dtype = parse_dtype(&args.dtype)?;
     let (device, why_not) = select_device(&args.device)?;
     if let Some(reason) = why_not {
         eprintln!("warning: {reason}; running on the CPU");
+    }
+    let (dtype, note) = effective_dtype(&device, parse_dtype(&args.dtype)?);
+    if let Some(note) = note {
+        eprintln!("note: {note}");
     }
     let images = args.images.iter().map(|p| read_image_file(p)).collect::<Result<Vec<_>>>()?;
     let mut session = match &args.session {
@@ -182,7 +191,13 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     let turns = session.chat_turns(&args.query, &images)?;
 
     let t = Instant::now();
-    let spec = ModelSpec { vision_dir: args.vision_model.clone(), llm_dir: args.llm_model.clone(), dtype, device };
+    let spec = ModelSpec {
+        vision_dir: args.vision_model.clone(),
+        llm_dir: args.llm_model.clone(),
+        dtype,
+        device,
+        quant: args.quant,
+    };
     let mut pipeline = Pipeline::load(&spec, Arc::new(LoadCounter::default()))?;
     let load_s = t.elapsed().as_secs_f64();
 

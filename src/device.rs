@@ -50,6 +50,19 @@ pub fn select_device(name: &str) -> Result<(Device, Option<String>)> {
     }
 }
 
+/// The precision to run in: bf16 on the CPU becomes f16, since candle has no bf16 matrix kernel
+/// for the CPU (every product would widen both operands to f32: about 30x slower than f16, see
+/// TOOLCHAIN notes). Returns the note to show when it changed.
+pub fn effective_dtype(device: &Device, requested: DType) -> (DType, Option<String>) {
+    if device.is_cpu() && requested == DType::BF16 {
+        return (
+            DType::F16,
+            Some("bf16 runs as f16 on the CPU (no fast bf16 kernel there; f16 is about 30x faster)".into()),
+        );
+    }
+    (requested, None)
+}
+
 pub fn device_name(device: &Device) -> &'static str {
     match device {
         Device::Cpu => "cpu",

@@ -28,6 +28,8 @@ pub struct LoadRequest {
     pub llm_dir: PathBuf,
     pub device: String,
     pub dtype: String,
+    /// `None`, or q8_0 / q6k / q4k for the LLM's linear layers.
+    pub quant: Option<crate::model::layers::Quant>,
 }
 
 #[derive(Debug)]
@@ -248,7 +250,10 @@ impl Worker {
                 let summary = ModelSummary {
                     request: req,
                     device: device_name(pipeline.device()).into(),
-                    dtype: dtype_name(pipeline.dtype()).into(),
+                    dtype: match pipeline.model.llm.quant() {
+                        Some(q) => format!("{} + {}", dtype_name(pipeline.dtype()), q.name()),
+                        None => dtype_name(pipeline.dtype()).into(),
+                    },
                     device_note,
                     memory_bytes: match (rss_before, process_rss_bytes()) {
                         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -299,9 +304,14 @@ fn cancelled_before_start() -> Generation {
 }
 
 fn load_pipeline(req: &LoadRequest, counter: Arc<LoadCounter>) -> Result<(Pipeline, Option<String>)> {
-    let dtype = parse_dtype(&req.dtype)?;
-    let (device, note) = select_device(&req.device)?;
-    let spec = ModelSpec { vision_dir: req.vision_dir.clone(), llm_dir: req.llm_dir.clone(), dtype, device };
+    let (device, device_note) = select_device(&req.device)?;
+    let (dtype, dtype_note) = crate::device::effective_dtype(&device, parse_dtype(&req.dtype)?);
+    let note = match (device_note, dtype_note) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
+    let spec =
+        ModelSpec { vision_dir: req.vision_dir.clone(), llm_dir: req.llm_dir.clone(), dtype, device, quant: req.quant };
     let pipeline = Pipeline::load(&spec, counter).map_err(|e| match e {
         Error::Cancelled => Error::Request("loading was cancelled".into()),
         other => other,
@@ -328,6 +338,7 @@ mod tests {
             llm_dir: root.join("llm"),
             device: "cpu".into(),
             dtype: "f32".into(),
+            quant: None,
         }
     }
 

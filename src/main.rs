@@ -18,6 +18,7 @@ fn main() {
                 llm_model: cli.llm_model.clone(),
                 device: cli.device.clone(),
                 dtype: cli.dtype.clone(),
+                quant: cli.quant,
                 demo: cli.demo,
                 session: cli.session.clone(),
                 ..Default::default()

@@ -1,15 +1,68 @@
 //! Small building blocks shared by the three networks, loaded through [`Weights`].
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result as CResult, Tensor};
 use candle_nn::{Embedding, LayerNorm, RmsNorm};
 
 use super::weights::Weights;
 use crate::error::Result;
 
-/// A dense layer `y = x Wᵀ + b`, weights laid out (out, in) as PyTorch stores them.
+/// Weight quantization for the LLM's linear layers (ggml block formats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum Quant {
+    /// 8 bits per weight plus a scale per 32 (8.5 bits).
+    #[value(name = "q8_0")]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 6-bit k-quant (6.56 bits per weight).
+    #[value(name = "q6k")]
+    #[serde(rename = "q6k")]
+    Q6K,
+    /// 4-bit k-quant (4.5 bits per weight).
+    #[value(name = "q4k")]
+    #[serde(rename = "q4k")]
+    Q4K,
+}
+
+impl Quant {
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Quant::Q8_0 => GgmlDType::Q8_0,
+            Quant::Q6K => GgmlDType::Q6K,
+            Quant::Q4K => GgmlDType::Q4K,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::Q8_0 => "q8_0",
+            Quant::Q6K => "q6k",
+            Quant::Q4K => "q4k",
+        }
+    }
+
+    /// Bytes a (rows × cols) weight takes in this format.
+    pub fn bytes(self, elements: u64) -> u64 {
+        let g = self.ggml();
+        elements / g.block_size() as u64 * g.type_size() as u64
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "q8_0" => Some(Quant::Q8_0),
+            "q6k" => Some(Quant::Q6K),
+            "q4k" => Some(Quant::Q4K),
+            _ => None,
+        }
+    }
+}
+
+/// A linear layer `y = x Wᵀ + b`, weights laid out (out, in) as PyTorch stores them; the weight is
+/// either a plain tensor or quantized (block formats, multiplied by candle's quantized kernels).
 #[derive(Debug, Clone)]
-pub struct Linear {
-    inner: candle_nn::Linear,
+pub enum Linear {
+    Dense(candle_nn::Linear),
+    Quantized { weight: QMatMul, bias: Option<Tensor>, bytes: u64 },
 }
 
 impl Linear {
@@ -19,23 +72,57 @@ impl Linear {
         Ok(Self::from_parts(weight, bias))
     }
 
-    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { inner: candle_nn::Linear::new(weight, bias) }
+    /// Like [`Linear::load`], quantizing the weight when `quant` is set. The f32 copy needed for
+    /// quantizing exists for one tensor at a time, on the CPU.
+    pub fn load_quantized(w: &Weights, in_dim: usize, out_dim: usize, quant: Option<Quant>) -> Result<Self> {
+        let Some(q) = quant else { return Self::load(w, in_dim, out_dim, false) };
+        if let Some(qt) = w.get_quantized((out_dim, in_dim), "weight")? {
+            let bytes = qt.storage_size_in_bytes() as u64;
+            return Ok(Self::Quantized { weight: QMatMul::from_qtensor(qt)?, bias: None, bytes });
+        }
+        let block = q.ggml().block_size();
+        if !in_dim.is_multiple_of(block) {
+            return Err(crate::Error::Request(format!(
+                "{} cannot be quantized to {}: its rows have {in_dim} values, not a multiple of {block}",
+                w.path("weight"),
+                q.name()
+            )));
+        }
+        let full = w.on_cpu(DType::F32).get((out_dim, in_dim), "weight")?;
+        let qt = QTensor::quantize_onto(&full, q.ggml(), &w.device)?;
+        drop(full);
+        let bytes = qt.storage_size_in_bytes() as u64;
+        Ok(Self::Quantized { weight: QMatMul::from_qtensor(qt)?, bias: None, bytes })
     }
 
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::Dense(candle_nn::Linear::new(weight, bias))
     }
 
     /// Bytes the weight occupies.
     pub fn weight_bytes(&self) -> u64 {
-        (self.inner.weight().elem_count() * self.inner.weight().dtype().size_in_bytes()) as u64
+        match self {
+            Self::Dense(l) => (l.weight().elem_count() * l.weight().dtype().size_in_bytes()) as u64,
+            Self::Quantized { bytes, .. } => *bytes,
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        self.inner.forward(xs)
+        match self {
+            Self::Dense(l) => l.forward(xs),
+            Self::Quantized { weight, bias, .. } => {
+                // Quantized kernels take f32 on every backend; the result goes back to the
+                // activations' dtype.
+                let dtype = xs.dtype();
+                let ys = weight.forward(&xs.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(dtype)?;
+                match bias {
+                    Some(b) => ys.broadcast_add(b),
+                    None => Ok(ys),
+                }
+            }
+        }
     }
 }
 

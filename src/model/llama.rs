@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Module, Result as CResult, Tensor};
 use candle_nn::{Activation, Embedding};
 
 use super::config::LlamaConfig;
-use super::layers::{attention, embedding, merge_heads, F32RmsNorm, Linear};
+use super::layers::{attention, embedding, merge_heads, F32RmsNorm, Linear, Quant};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -104,14 +104,14 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(w: &Weights, cfg: &LlamaConfig, q: Option<Quant>) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let kv = cfg.num_kv_heads() * hd;
         Ok(Self {
-            q_proj: Linear::load(&w.pp("q_proj"), d, d, false)?,
-            k_proj: Linear::load(&w.pp("k_proj"), d, kv, false)?,
-            v_proj: Linear::load(&w.pp("v_proj"), d, kv, false)?,
-            o_proj: Linear::load(&w.pp("o_proj"), d, d, false)?,
+            q_proj: Linear::load_quantized(&w.pp("q_proj"), d, d, q)?,
+            k_proj: Linear::load_quantized(&w.pp("k_proj"), d, kv, q)?,
+            v_proj: Linear::load_quantized(&w.pp("v_proj"), d, kv, q)?,
+            o_proj: Linear::load_quantized(&w.pp("o_proj"), d, d, q)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_kv_heads(),
             head_dim: hd,
@@ -152,12 +152,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(w: &Weights, cfg: &LlamaConfig, q: Option<Quant>) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::load(&w.pp("gate_proj"), d, i, false)?,
-            up_proj: Linear::load(&w.pp("up_proj"), d, i, false)?,
-            down_proj: Linear::load(&w.pp("down_proj"), i, d, false)?,
+            gate_proj: Linear::load_quantized(&w.pp("gate_proj"), d, i, q)?,
+            up_proj: Linear::load_quantized(&w.pp("up_proj"), d, i, q)?,
+            down_proj: Linear::load_quantized(&w.pp("down_proj"), i, d, q)?,
             act: cfg.hidden_act,
         })
     }
@@ -176,13 +176,13 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(w: &Weights, cfg: &LlamaConfig, q: Option<Quant>) -> Result<Self> {
         let eps = cfg.rms_norm_eps;
         Ok(Self {
             input_layernorm: F32RmsNorm::load(&w.pp("input_layernorm"), cfg.hidden_size, eps)?,
-            self_attn: SelfAttention::load(&w.pp("self_attn"), cfg)?,
+            self_attn: SelfAttention::load(&w.pp("self_attn"), cfg, q)?,
             post_attention_layernorm: F32RmsNorm::load(&w.pp("post_attention_layernorm"), cfg.hidden_size, eps)?,
-            mlp: Mlp::load(&w.pp("mlp"), cfg)?,
+            mlp: Mlp::load(&w.pp("mlp"), cfg, q)?,
         })
     }
 }
@@ -225,12 +225,14 @@ pub struct Llama {
     cfg: LlamaConfig,
     device: Device,
     dtype: DType,
+    quant: Option<Quant>,
 }
 
 impl Llama {
     /// `w` points at the checkpoint root; both `model.`-prefixed (LlamaForCausalLM) and bare
-    /// (LlamaModel) tensor names are accepted.
-    pub fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+    /// (LlamaModel) tensor names are accepted. With `quant`, every linear layer (the LM head
+    /// included) is quantized while loading; embeddings and norms stay as they are.
+    pub fn load(w: &Weights, cfg: &LlamaConfig, quant: Option<Quant>) -> Result<Self> {
         let m = if w.contains("model.embed_tokens.weight") { w.pp("model") } else { w.clone() };
         if !m.contains("embed_tokens.weight") {
             return Err(Error::checkpoint(
@@ -240,11 +242,11 @@ impl Llama {
         }
         let embed_tokens = embedding(&m.pp("embed_tokens"), cfg.vocab_size, cfg.hidden_size)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(&m.pp("layers").pp(i), cfg))
+            .map(|i| DecoderLayer::load(&m.pp("layers").pp(i), cfg, quant))
             .collect::<Result<Vec<_>>>()?;
         let norm = F32RmsNorm::load(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
         let lm_head = if w.contains("lm_head.weight") || !cfg.tie_word_embeddings {
-            Linear::load(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
+            Linear::load_quantized(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, quant)?
         } else {
             Linear::from_parts(embed_tokens.embeddings().clone(), None)
         };
@@ -257,6 +259,7 @@ impl Llama {
             cfg: cfg.clone(),
             device: w.device.clone(),
             dtype: w.dtype,
+            quant,
         })
     }
 
@@ -283,6 +286,10 @@ impl Llama {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub fn quant(&self) -> Option<Quant> {
+        self.quant
     }
 
     pub fn device(&self) -> &Device {

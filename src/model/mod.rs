@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{Error, Result};
 use config::{read_json, LlamaConfig, VisionRepoConfig};
-use layers::Linear;
+use layers::{Linear, Quant};
 use llama::Llama;
 use qformer::QFormer;
 use vision::VisionModel;
@@ -30,6 +30,8 @@ pub struct ModelSpec {
     pub llm_dir: PathBuf,
     pub dtype: DType,
     pub device: Device,
+    /// Quantize the LLM's linear layers while loading.
+    pub quant: Option<Quant>,
 }
 
 pub struct ZiyaVisual {
@@ -95,18 +97,17 @@ impl ZiyaVisual {
         let llm_config = read_llm_config(&spec.llm_dir)?;
         let vckpt = Arc::new(Checkpoint::open_dir(&spec.vision_dir, counter.clone())?);
         let lckpt = Arc::new(Checkpoint::open_dir(&spec.llm_dir, counter.clone())?);
-        Self::from_checkpoints(vision_config, llm_config, vckpt, lckpt, spec.dtype, &spec.device, &counter)
+        Self::from_checkpoints((vision_config, llm_config), (vckpt, lckpt), spec, &counter)
     }
 
+    /// Builds the model from open checkpoints (vision repo, LLM), in the spec's precision.
     pub fn from_checkpoints(
-        vision_config: VisionRepoConfig,
-        llm_config: LlamaConfig,
-        vckpt: Arc<Checkpoint>,
-        lckpt: Arc<Checkpoint>,
-        dtype: DType,
-        device: &Device,
+        (vision_config, llm_config): (VisionRepoConfig, LlamaConfig),
+        (vckpt, lckpt): (Arc<Checkpoint>, Arc<Checkpoint>),
+        spec: &ModelSpec,
         counter: &LoadCounter,
     ) -> Result<Self> {
+        let (dtype, quant, device) = (spec.dtype, spec.quant, &spec.device);
         if !vckpt.contains("vision_model.embeddings.class_embedding") {
             return Err(Error::checkpoint(
                 vckpt.dir(),
@@ -124,7 +125,7 @@ impl ZiyaVisual {
         let query_tokens = vw.get((1, vision_config.num_query_tokens, q.hidden_size), "query_tokens")?;
         let projection = Linear::load(&vw.pp("language_projection"), q.hidden_size, llm_config.hidden_size, true)?;
         let lw = Weights::new(lckpt, dtype, device);
-        let llm = Llama::load(&lw, &llm_config)?;
+        let llm = Llama::load(&lw, &llm_config, quant)?;
         Ok(Self { vision, qformer, query_tokens, projection, llm, vision_config, dtype, device: device.clone() })
     }
 

@@ -203,6 +203,16 @@ impl Checkpoint {
         Ok(tensor)
     }
 
+    /// A tensor stored quantized (in a GGUF file), as is; `None` for tensors stored as floats.
+    pub fn load_quantized(
+        &self,
+        _name: &str,
+        _shape: &Shape,
+        _device: &Device,
+    ) -> Result<Option<candle_core::quantized::QTensor>> {
+        Ok(None)
+    }
+
     /// Reads one tensor and checks its shape against what the config implies.
     pub fn load_shaped(&self, name: &str, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
         if let Some(entry) = self.entries.get(name) {
@@ -272,6 +282,20 @@ impl Weights {
     /// The same view handing out another dtype (norms kept in f32, say).
     pub fn with_dtype(&self, dtype: DType) -> Self {
         Self { dtype, ..self.clone() }
+    }
+
+    /// The same view handing out tensors in `dtype` on the CPU (for quantizing).
+    pub fn on_cpu(&self, dtype: DType) -> Self {
+        Self { dtype, device: Device::Cpu, ..self.clone() }
+    }
+
+    /// The tensor as stored in quantized form (GGUF), if it is; checks the shape.
+    pub fn get_quantized(
+        &self,
+        shape: impl Into<Shape>,
+        name: &str,
+    ) -> Result<Option<candle_core::quantized::QTensor>> {
+        self.ckpt.load_quantized(&self.path(name), &shape.into(), &self.device)
     }
 
     pub fn path(&self, name: &str) -> String {

@@ -29,6 +29,7 @@ pub struct AppOptions {
     pub llm_model: Option<PathBuf>,
     pub device: Option<String>,
     pub dtype: Option<String>,
+    pub quant: Option<crate::model::layers::Quant>,
     /// Load the built-in demo model at start.
     pub demo: bool,
     /// Open this session file at start.
@@ -145,6 +146,9 @@ impl ZiyaApp {
         }
         if let Some(d) = &options.dtype {
             prefs.dtype = d.clone();
+        }
+        if let Some(q) = options.quant {
+            prefs.quant = q.name().into();
         }
         let waker_ctx = ctx.clone();
         let engine = Engine::spawn(Box::new(move || waker_ctx.request_repaint()));
@@ -465,6 +469,7 @@ impl ZiyaApp {
                     llm_dir: PathBuf::from(p.llm_dir.trim()),
                     device: p.device.clone(),
                     dtype: p.dtype.clone(),
+                    quant: crate::model::layers::Quant::parse(&p.quant),
                 };
                 self.state.model = ModelStatus::Loading { done: 0, total: 0 };
                 self.engine.send(Command::Load(req));

@@ -23,6 +23,8 @@ pub struct Prefs {
     pub llm_dir: String,
     pub device: String,
     pub dtype: String,
+    /// "" for none, or q8_0 / q6k / q4k.
+    pub quant: String,
     pub sampling: SamplingParams,
     pub lang: Option<Lang>,
     pub show_side_panel: bool,
@@ -35,6 +37,7 @@ impl Default for Prefs {
             llm_dir: String::new(),
             device: if cfg!(feature = "cuda") { "cuda".into() } else { "cpu".into() },
             dtype: "f32".into(),
+            quant: String::new(),
             sampling: SamplingParams::default(),
             lang: None,
             show_side_panel: true,

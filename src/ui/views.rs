@@ -267,6 +267,24 @@ fn model_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
                 .response
                 .labelled_by(label.id);
         });
+        ui.horizontal(|ui| {
+            let label = ui.label(tr.quantization);
+            let shown = if app.state.prefs.quant.is_empty() {
+                tr.no_quantization.to_string()
+            } else {
+                app.state.prefs.quant.clone()
+            };
+            egui::ComboBox::from_id_salt("quant")
+                .selected_text(shown)
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut app.state.prefs.quant, String::new(), tr.no_quantization);
+                    for q in ["q8_0", "q6k", "q4k"] {
+                        ui.selectable_value(&mut app.state.prefs.quant, q.to_string(), q);
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+        });
     });
     let can_load = !loading
         && !app.state.is_busy()
