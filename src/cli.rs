@@ -62,6 +62,25 @@ pub enum Command {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// Estimate the memory a model needs (weights, KV cache, activations, loading) as JSON.
+    Plan {
+        #[arg(long)]
+        vision_model: PathBuf,
+        #[arg(long)]
+        llm_model: PathBuf,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, value_enum)]
+        quant: Option<crate::model::layers::Quant>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Prompt positions (text tokens + 32 per image).
+        #[arg(long, default_value_t = 512)]
+        prompt: usize,
+        /// Total positions (prompt + new tokens); the model's context by default.
+        #[arg(long)]
+        context: Option<usize>,
+    },
     /// Write a random-weight checkpoint pair in the real layout (benchmarks, memory checks).
     #[command(hide = true)]
     MakeRandomModel {
@@ -145,6 +164,31 @@ pub fn read_image_file(path: &std::path::Path) -> Result<ImageData> {
     Ok(ImageData::new(name, bytes))
 }
 
+/// `ziya-visual plan`: prints the estimate and the free memory as one JSON object.
+#[allow(clippy::too_many_arguments)]
+pub fn run_plan(
+    vision: &std::path::Path,
+    llm: &std::path::Path,
+    dtype: &str,
+    quant: Option<crate::model::layers::Quant>,
+    device: &str,
+    prompt: usize,
+    context: Option<usize>,
+) -> Result<()> {
+    let (device, _) = select_device(device)?;
+    let (dtype, _) = effective_dtype(&device, parse_dtype(dtype)?);
+    let context = match context {
+        Some(c) => c,
+        None => crate::model::read_llm_config(llm)?.max_position_embeddings,
+    };
+    let spec = ModelSpec { vision_dir: vision.to_path_buf(), llm_dir: llm.to_path_buf(), dtype, device, quant };
+    let plan = crate::inference::memory_plan(&spec, prompt, context)?;
+    let free = crate::model::plan::available_bytes(&spec.device);
+    let out = serde_json::json!({"plan": plan, "available": free, "fits": free.is_none_or(|f| plan.total <= f)});
+    println!("{out}");
+    Ok(())
+}
+
 /// `ziya-visual export`: prints the path written.
 pub fn run_export(
     session: &std::path::Path,
@@ -190,6 +234,13 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     };
     let turns = session.chat_turns(&args.query, &images)?;
 
+    // Size the job before loading anything heavy: the prompt's length needs only the tokenizer.
+    let template = crate::chat::ChatTemplate::from_config(&crate::model::read_vision_config(&args.vision_model)?);
+    let tokenizer = crate::tokenizer::ChatTokenizer::from_dir(&args.llm_model)?;
+    let q = crate::model::read_vision_config(&args.vision_model)?.num_query_tokens;
+    let prompt = crate::chat::Prompt::build(&template, &tokenizer, &turns)?.len(q);
+    drop(tokenizer);
+
     let t = Instant::now();
     let spec = ModelSpec {
         vision_dir: args.vision_model.clone(),
@@ -198,6 +249,7 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
         device,
         quant: args.quant,
     };
+    crate::inference::check_memory(&spec, prompt, prompt + args.max_new_tokens)?;
     let mut pipeline = Pipeline::load(&spec, Arc::new(LoadCounter::default()))?;
     let load_s = t.elapsed().as_secs_f64();
 

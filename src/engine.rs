@@ -312,6 +312,9 @@ fn load_pipeline(req: &LoadRequest, counter: Arc<LoadCounter>) -> Result<(Pipeli
     };
     let spec =
         ModelSpec { vision_dir: req.vision_dir.clone(), llm_dir: req.llm_dir.clone(), dtype, device, quant: req.quant };
+    // A conversation may grow to the whole context; refuse what cannot fit before loading.
+    let context = crate::model::read_llm_config(&spec.llm_dir)?.max_position_embeddings;
+    crate::inference::check_memory(&spec, crate::model::plan::PREFILL_CHUNK.min(context), context)?;
     let pipeline = Pipeline::load(&spec, counter).map_err(|e| match e {
         Error::Cancelled => Error::Request("loading was cancelled".into()),
         other => other,

@@ -74,6 +74,50 @@ pub struct Pipeline {
     kv_items: Vec<PromptItem>,
 }
 
+/// The memory `spec` needs for a conversation of `prompt` positions growing to `context`.
+pub fn memory_plan(spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
+    use crate::model::plan::{estimate, stored_dtype, PlanRequest};
+    let vision = crate::model::read_vision_config(&spec.vision_dir)?;
+    let llm = crate::model::read_llm_config(&spec.llm_dir)?;
+    let torch_dtype = |dir: &std::path::Path| -> Option<String> {
+        let v: serde_json::Value = crate::model::config::read_json(&dir.join("config.json")).ok()?;
+        v.get("torch_dtype")?.as_str().map(str::to_string)
+    };
+    Ok(estimate(&PlanRequest {
+        vision: &vision,
+        llm: &llm,
+        dtype: spec.dtype,
+        quant: spec.quant,
+        vision_file_dtype: stored_dtype(torch_dtype(&spec.vision_dir).as_deref(), DType::F32),
+        llm_file_dtype: stored_dtype(torch_dtype(&spec.llm_dir).as_deref(), DType::F16),
+        prompt,
+        context: context.min(llm.max_position_embeddings),
+        on_cpu: spec.device.is_cpu(),
+    }))
+}
+
+/// Refuses, with the numbers and a quantization that would fit, a model that does not fit in
+/// the device's free memory.
+pub fn check_memory(spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
+    use crate::model::plan::{available_bytes, check_fits, stored_dtype, PlanRequest};
+    let plan = memory_plan(spec, prompt, context)?;
+    let vision = crate::model::read_vision_config(&spec.vision_dir)?;
+    let llm = crate::model::read_llm_config(&spec.llm_dir)?;
+    let request = PlanRequest {
+        vision: &vision,
+        llm: &llm,
+        dtype: spec.dtype,
+        quant: spec.quant,
+        vision_file_dtype: stored_dtype(None, DType::F32),
+        llm_file_dtype: stored_dtype(None, DType::F16),
+        prompt,
+        context: plan.context,
+        on_cpu: spec.device.is_cpu(),
+    };
+    check_fits(&plan, available_bytes(&spec.device), &request).map_err(Error::Request)?;
+    Ok(plan)
+}
+
 impl Pipeline {
     pub fn load(spec: &ModelSpec, counter: Arc<LoadCounter>) -> Result<Self> {
         // Cheap checks first, so a wrong folder is reported before minutes of weight loading.
@@ -219,8 +263,14 @@ impl Pipeline {
         let common = common.min(self.kv.len());
         self.kv.truncate(common);
         self.kv_items.truncate(common);
-        let rest = embeds.narrow(1, common, items.len() - common)?;
-        let mut logits = self.model.llm.forward(&rest, &mut self.kv)?;
+        // Prefill in chunks: activation memory stays bounded however long the prompt is.
+        let mut logits = Vec::new();
+        let mut at = common;
+        while at < items.len() {
+            let n = (items.len() - at).min(crate::model::plan::PREFILL_CHUNK);
+            logits = self.model.llm.forward(&embeds.narrow(1, at, n)?, &mut self.kv)?;
+            at += n;
+        }
         self.kv_items.extend_from_slice(&items[common..]);
         timings.prefill_s = t.elapsed().as_secs_f64();
 

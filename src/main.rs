@@ -8,6 +8,9 @@ fn main() {
         Some(Command::Export { session, html, markdown }) => {
             ziya_visual::cli::run_export(session, html.as_deref(), markdown.as_deref())
         }
+        Some(Command::Plan { vision_model, llm_model, dtype, quant, device, prompt, context }) => {
+            ziya_visual::cli::run_plan(vision_model, llm_model, dtype, *quant, device, *prompt, *context)
+        }
         Some(Command::MakeRandomModel { preset, out, seed }) => ziya_visual::model::random::write(out, *preset, *seed)
             .map(|(v, l)| {
                 println!("{}\n{}", v.display(), l.display());

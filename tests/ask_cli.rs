@@ -248,3 +248,45 @@ fn a_truncated_safetensors_file_is_reported_by_name() {
     std::fs::write(&file, &bytes[..bytes.len() * 2 / 3]).unwrap();
     fails_naming(&ask_with(&st, &llm_dir()), &["model.safetensors", "truncated"]);
 }
+
+fn plan_total(extra: &[&str]) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+        .args(["plan", "--vision-model"])
+        .arg(vision_dir())
+        .arg("--llm-model")
+        .arg(llm_dir())
+        .args(extra)
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    j["plan"]["total"].as_u64().unwrap()
+}
+
+#[test]
+fn a_model_that_does_not_fit_is_refused_before_loading_with_a_quantization_that_would() {
+    // Size the same request ask will make, then pretend the machine has less free memory than
+    // f32 needs for it but more than q4k does.
+    let prompt = ok_json(&ask(&["--max-new-tokens", "1", "--json", "q"]))["prompt_tokens"].as_u64().unwrap();
+    let sizes = ["--prompt".to_string(), prompt.to_string(), "--context".into(), (prompt + 400).to_string()];
+    let sizes: Vec<&str> = sizes.iter().map(|s| s.as_str()).collect();
+    let f32 = plan_total(&sizes);
+    let q4k = plan_total(&[sizes.as_slice(), &["--quant", "q4k"]].concat());
+    assert!(q4k < f32);
+    let limit = (f32 + q4k) / 2;
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+            .env("ZIYA_VISUAL_MEMORY_LIMIT", limit.to_string())
+            .arg("ask")
+            .arg("--vision-model")
+            .arg(vision_dir())
+            .arg("--llm-model")
+            .arg(llm_dir())
+            .args(extra)
+            .arg("q")
+            .output()
+            .unwrap()
+    };
+    fails_naming(&run(&["--max-new-tokens", "400"]), &["needs about", "is free", "with --quant"]);
+    let ok = run(&["--max-new-tokens", "400", "--quant", "q4k"]);
+    assert!(ok.status.success(), "the suggested quantization fits: {}", String::from_utf8_lossy(&ok.stderr));
+}

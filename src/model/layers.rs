@@ -41,10 +41,16 @@ impl Quant {
         }
     }
 
-    /// Bytes a (rows × cols) weight takes in this format.
+    /// Bytes `elements` weights take in this format.
     pub fn bytes(self, elements: u64) -> u64 {
         let g = self.ggml();
         elements / g.block_size() as u64 * g.type_size() as u64
+    }
+
+    /// The format a weight with rows of `row_len` values gets: this one when its blocks divide
+    /// the rows, else q8_0 (blocks of 32), else none (kept dense) — llama.cpp's fallback.
+    pub fn for_rows(self, row_len: usize) -> Option<Quant> {
+        [self, Quant::Q8_0].into_iter().find(|q| row_len.is_multiple_of(q.ggml().block_size()))
     }
 
     pub fn parse(name: &str) -> Option<Self> {
@@ -75,19 +81,12 @@ impl Linear {
     /// Like [`Linear::load`], quantizing the weight when `quant` is set. The f32 copy needed for
     /// quantizing exists for one tensor at a time, on the CPU.
     pub fn load_quantized(w: &Weights, in_dim: usize, out_dim: usize, quant: Option<Quant>) -> Result<Self> {
-        let Some(q) = quant else { return Self::load(w, in_dim, out_dim, false) };
         if let Some(qt) = w.get_quantized((out_dim, in_dim), "weight")? {
             let bytes = qt.storage_size_in_bytes() as u64;
             return Ok(Self::Quantized { weight: QMatMul::from_qtensor(qt)?, bias: None, bytes });
         }
-        let block = q.ggml().block_size();
-        if !in_dim.is_multiple_of(block) {
-            return Err(crate::Error::Request(format!(
-                "{} cannot be quantized to {}: its rows have {in_dim} values, not a multiple of {block}",
-                w.path("weight"),
-                q.name()
-            )));
-        }
+        // Rows the format's blocks do not divide fall back to q8_0, or stay dense.
+        let Some(q) = quant.and_then(|q| q.for_rows(in_dim)) else { return Self::load(w, in_dim, out_dim, false) };
         let full = w.on_cpu(DType::F32).get((out_dim, in_dim), "weight")?;
         let qt = QTensor::quantize_onto(&full, q.ggml(), &w.device)?;
         drop(full);
@@ -203,4 +202,19 @@ pub fn argmax(values: &[f32]) -> Option<usize> {
         }
     }
     best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod quant_tests {
+    use super::*;
+
+    #[test]
+    fn k_quants_fall_back_where_their_blocks_do_not_divide_the_rows() {
+        assert_eq!(Quant::Q4K.for_rows(5120), Some(Quant::Q4K));
+        assert_eq!(Quant::Q4K.for_rows(5504), Some(Quant::Q8_0));
+        assert_eq!(Quant::Q6K.for_rows(100), None);
+        assert_eq!(Quant::Q8_0.for_rows(96), Some(Quant::Q8_0));
+        assert_eq!(Quant::Q4K.bytes(256), 144);
+        assert_eq!(Quant::Q8_0.bytes(32), 34);
+    }
 }

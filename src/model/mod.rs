@@ -4,6 +4,7 @@
 pub mod config;
 pub mod layers;
 pub mod llama;
+pub mod plan;
 pub mod qformer;
 pub mod random;
 pub mod shapes;

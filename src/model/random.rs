@@ -26,7 +26,9 @@ fn configs(preset: Preset) -> (serde_json::Value, serde_json::Value) {
         Preset::Medium => (
             json!({"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
                    "image_size": 224, "patch_size": 14, "layer_norm_eps": 1e-6, "qkv_bias": true, "hidden_act": "gelu"}),
-            json!({"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 8, "num_attention_heads": 16}),
+            // 5632 = 22 × 256, so every format (k-quants need rows of multiples of 256) applies
+            // as it does to LLaMA-13B's 5120 and 13824.
+            json!({"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 8, "num_attention_heads": 16}),
         ),
         Preset::Ziya13b => (
             json!({"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39, "num_attention_heads": 16,

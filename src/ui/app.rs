@@ -124,6 +124,20 @@ pub struct ZiyaApp {
     waiting: std::collections::HashSet<u64>,
     /// Where `ZIYA_VISUAL_FRAME_LOG` asks the frame statistics to be written at exit.
     frame_log: Option<PathBuf>,
+    /// Memory estimates for the model panel's choices, for the folders/precision/device they
+    /// were made for (recomputed only when those change: two small config files are read).
+    pub plans: Option<(PlanKey, PlanRows, Option<u64>)>,
+}
+
+/// Per quantization choice ("" for none): its estimate, or why there is none.
+pub type PlanRows = Vec<(String, Result<crate::model::plan::Plan, String>)>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanKey {
+    vision: String,
+    llm: String,
+    dtype: String,
+    device: String,
 }
 
 impl ZiyaApp {
@@ -173,6 +187,7 @@ impl ZiyaApp {
             ctx,
             waiting: Default::default(),
             frame_log: std::env::var_os("ZIYA_VISUAL_FRAME_LOG").map(PathBuf::from),
+            plans: None,
         };
         match SessionStore::open(&data_dir.join("sessions")) {
             Ok(store) => app.store = Some(store),
@@ -250,6 +265,47 @@ impl ZiyaApp {
                 Picked::ExportHtml(p) => self.export(&p, true),
             }
         }
+    }
+
+    /// Estimates for no quantization, q8_0, q6k and q4k with the panel's folders and precision.
+    pub fn refresh_plans(&mut self) {
+        let p = &self.state.prefs;
+        let key = PlanKey {
+            vision: p.vision_dir.trim().to_string(),
+            llm: p.llm_dir.trim().to_string(),
+            dtype: p.dtype.clone(),
+            device: p.device.clone(),
+        };
+        if key.vision.is_empty() || key.llm.is_empty() || self.plans.as_ref().is_some_and(|(k, _, _)| *k == key) {
+            return;
+        }
+        let on_gpu = key.device != "cpu";
+        let device = candle_core::Device::Cpu;
+        let dtype = crate::device::parse_dtype(&key.dtype).unwrap_or(candle_core::DType::F32);
+        let dtype = if on_gpu { dtype } else { crate::device::effective_dtype(&device, dtype).0 };
+        let mut rows = Vec::new();
+        for q in [
+            None,
+            Some(crate::model::layers::Quant::Q8_0),
+            Some(crate::model::layers::Quant::Q6K),
+            Some(crate::model::layers::Quant::Q4K),
+        ] {
+            let spec = crate::model::ModelSpec {
+                vision_dir: PathBuf::from(&key.vision),
+                llm_dir: PathBuf::from(&key.llm),
+                dtype,
+                device: device.clone(),
+                quant: q,
+            };
+            let plan = crate::model::read_llm_config(&spec.llm_dir).and_then(|c| {
+                let ctx = c.max_position_embeddings;
+                crate::inference::memory_plan(&spec, crate::model::plan::PREFILL_CHUNK.min(ctx), ctx)
+            });
+            rows.push((q.map(|q| q.name().to_string()).unwrap_or_default(), plan.map_err(|e| e.to_string())));
+        }
+        // Free GPU memory is only known once a GPU is opened; the CPU's is read here.
+        let free = if on_gpu { None } else { crate::model::plan::available_ram() };
+        self.plans = Some((key, rows, free));
     }
 
     /// Asks a worker for the thumbnail of a conversation image, once.

@@ -267,24 +267,58 @@ fn model_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
                 .response
                 .labelled_by(label.id);
         });
+        app.refresh_plans();
+        let estimate = |q: &str| -> Option<u64> {
+            let (_, rows, _) = app.plans.as_ref()?;
+            rows.iter().find(|(name, _)| name == q).and_then(|(_, p)| p.as_ref().ok()).map(|p| p.total)
+        };
+        let label_for = |q: &str, name: &str| match estimate(q) {
+            Some(b) => format!("{name} (≈ {})", human_bytes(b)),
+            None => name.to_string(),
+        };
+        let mut choice = app.state.prefs.quant.clone();
         ui.horizontal(|ui| {
             let label = ui.label(tr.quantization);
-            let shown = if app.state.prefs.quant.is_empty() {
-                tr.no_quantization.to_string()
-            } else {
-                app.state.prefs.quant.clone()
-            };
+            let shown = label_for(&choice, if choice.is_empty() { tr.no_quantization } else { &choice });
             egui::ComboBox::from_id_salt("quant")
                 .selected_text(shown)
                 .show_ui(ui, |ui| {
-                    ui.selectable_value(&mut app.state.prefs.quant, String::new(), tr.no_quantization);
+                    ui.selectable_value(&mut choice, String::new(), label_for("", tr.no_quantization));
                     for q in ["q8_0", "q6k", "q4k"] {
-                        ui.selectable_value(&mut app.state.prefs.quant, q.to_string(), q);
+                        ui.selectable_value(&mut choice, q.to_string(), label_for(q, q));
                     }
                 })
                 .response
                 .labelled_by(label.id);
         });
+        app.state.prefs.quant = choice;
+        if let Some((_, rows, free)) = &app.plans {
+            let current = &app.state.prefs.quant;
+            match rows.iter().find(|(name, _)| name == current).map(|(_, p)| p) {
+                Some(Ok(p)) => {
+                    let text = match free {
+                        Some(f) => fill(tr.memory_estimate_free, &[&human_bytes(p.total), &human_bytes(*f)]),
+                        None => fill(tr.memory_estimate, &[&human_bytes(p.total)]),
+                    };
+                    let fits = free.is_none_or(|f| p.total <= f);
+                    let color = if fits { ui.visuals().weak_text_color() } else { Color32::from_rgb(230, 90, 60) };
+                    ui.label(RichText::new(text).small().color(color)).on_hover_text(format!(
+                        "weights {} + {}, KV cache {} ({} positions), activations {}, repacked {}, loading {}",
+                        human_bytes(p.vision_weights),
+                        human_bytes(p.llm_weights),
+                        human_bytes(p.kv_cache),
+                        p.context,
+                        human_bytes(p.activations),
+                        human_bytes(p.repacked),
+                        human_bytes(p.loading)
+                    ));
+                }
+                Some(Err(e)) => {
+                    ui.colored_label(Color32::from_rgb(230, 140, 20), RichText::new(e).small());
+                }
+                None => {}
+            }
+        }
     });
     let can_load = !loading
         && !app.state.is_busy()

@@ -1,0 +1,394 @@
+//! How much memory a model needs, worked out from the two config.json files before anything is
+//! loaded: weights in their running precision (or quantized), the KV cache for the context, the
+//! largest activations of one step, what loading itself needs on top for a moment, and the
+//! program. Compared with the free memory of the device, so a model that will not fit is refused
+//! with the numbers instead of failing halfway through loading.
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use super::config::{LlamaConfig, VisionRepoConfig};
+use super::layers::Quant;
+use super::shapes::{llm_tensors, projection_tensors, vision_tensors};
+
+/// What the program itself takes besides the model (code, tokenizer, allocator, one image):
+/// measured as the peak RSS of `ask` on the tiny checkpoint, rounded up.
+pub const RUNTIME_BYTES: u64 = 96 << 20;
+
+/// Positions a KV-cache buffer grows by (see `model::llama`).
+const CACHE_STEP: usize = 256;
+
+/// Prompts are prefilled in chunks of at most this many positions, bounding activations.
+pub const PREFILL_CHUNK: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Where {
+    Cpu,
+    Gpu,
+}
+
+/// The precision the weights are stored in on disk (config.json's `torch_dtype`).
+pub fn stored_dtype(torch_dtype: Option<&str>, default: DType) -> DType {
+    match torch_dtype {
+        Some("float16") => DType::F16,
+        Some("bfloat16") => DType::BF16,
+        Some("float32") => DType::F32,
+        _ => default,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub vision_weights: u64,
+    pub llm_weights: u64,
+    pub kv_cache: u64,
+    pub activations: u64,
+    /// Copies of quantized weights that candle's CPU kernels lay out for speed on first use.
+    pub repacked: u64,
+    /// Extra memory while the largest tensor is being read and converted or quantized.
+    pub loading: u64,
+    pub runtime: u64,
+    /// Peak: the weights, plus the larger of loading's extra and what running adds.
+    pub total: u64,
+    /// Positions the KV cache is sized for.
+    pub context: usize,
+}
+
+/// The inputs of a plan.
+pub struct PlanRequest<'a> {
+    pub vision: &'a VisionRepoConfig,
+    pub llm: &'a LlamaConfig,
+    pub dtype: DType,
+    pub quant: Option<Quant>,
+    /// Precision of the files (f32 vision repo and f16 LLM for the real Ziya checkpoints).
+    pub vision_file_dtype: DType,
+    pub llm_file_dtype: DType,
+    /// Prompt positions prefilled, and total positions (prompt + new tokens).
+    pub prompt: usize,
+    pub context: usize,
+    /// Whether the model runs on the CPU (where quantized weights get repacked copies).
+    pub on_cpu: bool,
+}
+
+/// Bytes per weight of the copy candle 0.11's x86 CPU kernels keep of a quantized (rows × cols)
+/// weight, for matrix products with `m` rows (a prompt chunk, or 1 when decoding). This mirrors
+/// `candle_core::quantized::repack_x86::select` and its tile layouts (checked by measuring RSS
+/// growth on first use: q8_0 +1.06, q6k +1.25 for m > 1, q4k +0.75, and +1.25 more for
+/// AMX tiles when m >= 32): the copies make products 2-20x faster than the compact path.
+fn repack_bytes_per_weight(q: Quant, rows: usize, cols: usize, m: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let level = x86_level();
+        if level == 0 || !rows.is_multiple_of(16) || !cols.is_multiple_of(256) {
+            return 0.0;
+        }
+        match q {
+            Quant::Q8_0 if level >= 2 => 1.0625,
+            Quant::Q6K if m > 1 => 1.25,
+            Quant::Q4K => 0.75 + if m >= 32 && amx_available(level) { 1.25 } else { 0.0 },
+            _ => 0.0,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, rows, cols, m);
+        0.0
+    }
+}
+
+/// candle's x86 level: 3 AVX-512 VNNI, 2 AVX-VNNI, 1 AVX2+FMA, 0 none.
+#[cfg(target_arch = "x86_64")]
+fn x86_level() -> u8 {
+    if std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1") {
+        return u8::from(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+    }
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+        3
+    } else if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
+        2
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        1
+    } else {
+        0
+    }
+}
+
+/// AMX as candle decides it: AVX-512 VNNI, the CPUID AMX bits, and (Linux) permission to use
+/// tile state, which candle requests the same way when it first multiplies.
+#[cfg(target_arch = "x86_64")]
+fn amx_available(level: u8) -> bool {
+    if level < 3 {
+        return false;
+    }
+    let info = core::arch::x86_64::__cpuid_count(7, 0);
+    if info.edx & (1 << 25) == 0 || info.edx & (1 << 24) == 0 {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn syscall(num: i64, ...) -> i64;
+        }
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only asks the kernel for a permission.
+        unsafe { syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+fn elems(shape: &[usize]) -> u64 {
+    shape.iter().product::<usize>() as u64
+}
+
+/// KV-cache buffer capacity after prefilling `prompt` positions and decoding up to `context`.
+fn cache_capacity(prompt: usize, context: usize) -> usize {
+    let mut cap = 0usize;
+    let grow = |need: usize, cap: &mut usize| {
+        if need > *cap {
+            *cap = need.next_multiple_of(CACHE_STEP).max(*cap * 2);
+        }
+    };
+    let mut filled = 0;
+    while filled < prompt {
+        filled = (filled + PREFILL_CHUNK).min(prompt);
+        grow(filled, &mut cap);
+    }
+    while filled < context {
+        filled = (filled + 1).max(cap.min(context));
+        grow(filled, &mut cap);
+    }
+    cap
+}
+
+pub fn estimate(r: &PlanRequest<'_>) -> Plan {
+    let dsize = r.dtype.size_in_bytes() as u64;
+    // Vision repo: everything in the running dtype except LayerNorms, kept in f32.
+    let mut vision = vision_tensors(r.vision);
+    vision.extend(projection_tensors(r.vision, r.llm.hidden_size));
+    let vision_weights: u64 = vision.iter().map(|(n, s)| elems(s) * if n.contains("norm") { 4 } else { dsize }).sum();
+
+    // LLM: linear layers quantized when asked; embeddings in dtype; norms in f32.
+    let linear = |n: &str| n.ends_with("_proj.weight") || n == "lm_head.weight";
+    let mut llm_weights = 0u64;
+    let mut loading = 0u64;
+    let mut repacked = 0u64;
+    let chunk = r.prompt.clamp(1, PREFILL_CHUNK);
+    for (name, shape) in llm_tensors(r.llm) {
+        let e = elems(&shape);
+        // Beyond the final weight, loading holds the tensor as read (file precision) while it is
+        // converted, and when quantizing also its f32 copy.
+        let file = e * r.llm_file_dtype.size_in_bytes() as u64;
+        let (bytes, transient) = if name.contains("norm") {
+            (e * 4, file)
+        } else if let (Some(q), true) = (r.quant.and_then(|q| q.for_rows(shape[1])), linear(&name)) {
+            if r.on_cpu {
+                // The LM head only ever sees the last position (m = 1).
+                let m = if name == "lm_head.weight" { 1 } else { chunk };
+                let per = repack_bytes_per_weight(q, shape[0], shape[1], m)
+                    .max(repack_bytes_per_weight(q, shape[0], shape[1], 1));
+                repacked += (e as f64 * per) as u64;
+            }
+            (q.bytes(e), file + e * 4)
+        } else {
+            (e * dsize, file)
+        };
+        llm_weights += bytes;
+        loading = loading.max(transient);
+    }
+    for (_, shape) in &vision {
+        loading = loading.max(elems(shape) * r.vision_file_dtype.size_in_bytes() as u64);
+    }
+    // RoPE tables (cos and sin for every position).
+    llm_weights += (r.llm.max_position_embeddings * r.llm.head_dim()) as u64 * dsize;
+
+    let cfg = r.llm;
+    let kv_width = (cfg.num_kv_heads() * cfg.head_dim()) as u64;
+    let cap = cache_capacity(r.prompt, r.context) as u64;
+    let per_layer = 2 * cap * kv_width * dsize;
+    // A growing layer holds its old buffer next to the new one for a moment.
+    let old_cap = if cap > CACHE_STEP as u64 { cap / 2 } else { 0 };
+    let kv_cache = per_layer * cfg.num_hidden_layers as u64 + 2 * old_cap * kv_width * dsize;
+
+    // Largest live activations of one step: a prefill chunk through one LLM layer (f32 scores
+    // and their softmax, the MLP's three intermediates, q/k/v/out and the residual stream), or
+    // the vision tower on one image — whichever is larger — plus the f32 logits.
+    let n = r.prompt.clamp(1, PREFILL_CHUNK) as u64;
+    let keys = r.context.max(1) as u64;
+    let heads = cfg.num_attention_heads as u64;
+    let llm_act = 2 * heads * n * keys * 4
+        + 3 * n * cfg.intermediate_size as u64 * dsize
+        + 6 * n * cfg.hidden_size as u64 * dsize
+        + 2 * keys * kv_width * dsize; // repeated keys/values for grouped attention
+    let v = &r.vision.vision_config;
+    let tokens = ((v.image_size / v.patch_size).pow(2) + 1) as u64;
+    let vision_act = 2 * v.num_attention_heads as u64 * tokens * tokens * 4
+        + 2 * tokens * v.intermediate_size as u64 * dsize
+        + 6 * tokens * v.hidden_size as u64 * dsize
+        + tokens * (3 * v.patch_size * v.patch_size) as u64 * dsize;
+    let activations = llm_act.max(vision_act) + cfg.vocab_size as u64 * 4 * 2;
+
+    let runtime = RUNTIME_BYTES;
+    // Loading's extra is gone before anything runs; running adds the cache, activations and
+    // repacked copies. The peak is the weights plus the larger of the two.
+    let total = runtime + vision_weights + llm_weights + loading.max(kv_cache + activations + repacked);
+    Plan { vision_weights, llm_weights, kv_cache, activations, repacked, loading, runtime, total, context: r.context }
+}
+
+/// Memory free for a model on `device`: available RAM on the CPU, free memory on a GPU; never
+/// more than `ZIYA_VISUAL_MEMORY_LIMIT` bytes when that is set (to plan for a smaller machine).
+pub fn available_bytes(device: &Device) -> Option<u64> {
+    let limit = std::env::var("ZIYA_VISUAL_MEMORY_LIMIT").ok().and_then(|v| v.parse::<u64>().ok());
+    match (device_free(device), limit) {
+        (Some(free), Some(l)) => Some(free.min(l)),
+        (free, l) => free.or(l),
+    }
+}
+
+fn device_free(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cpu => available_ram(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let ctx = d.cuda_stream().context().clone();
+            ctx.bind_to_thread().ok()?;
+            candle_core::cuda_backend::cudarc::driver::result::mem_get_info().ok().map(|(free, _)| free as u64)
+        }
+        _ => None,
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo (Linux): free memory plus what the kernel can reclaim.
+pub fn available_ram() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn gib(b: u64) -> String {
+    format!("{:.2} GB", b as f64 / 1e9)
+}
+
+/// Checks a plan against free memory. When it does not fit, the error says how much is needed
+/// and free, and which quantization (best quality first) would fit.
+pub fn check_fits(plan: &Plan, available: Option<u64>, r: &PlanRequest<'_>) -> Result<(), String> {
+    let Some(free) = available else { return Ok(()) };
+    if std::env::var_os("ZIYA_VISUAL_SKIP_MEMORY_CHECK").is_some() || plan.total <= free {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "the model needs about {} (weights {} vision + {} LLM, KV cache {} for {} positions, activations {}, \
+         repacked weights {}, loading {}, program {}) but only {} is free",
+        gib(plan.total),
+        gib(plan.vision_weights),
+        gib(plan.llm_weights),
+        gib(plan.kv_cache),
+        plan.context,
+        gib(plan.activations),
+        gib(plan.repacked),
+        gib(plan.loading),
+        gib(plan.runtime),
+        gib(free)
+    );
+    let better = [Quant::Q8_0, Quant::Q6K, Quant::Q4K]
+        .into_iter()
+        .filter(|q| r.quant.is_none_or(|cur| q.bytes(1 << 20) < cur.bytes(1 << 20)))
+        .map(|q| (q, estimate(&PlanRequest { quant: Some(q), ..*r })))
+        .find(|(_, p)| p.total <= free);
+    match better {
+        Some((q, p)) => msg.push_str(&format!("; with --quant {} it needs about {}", q.name(), gib(p.total))),
+        None if r.dtype == DType::F32 => {
+            let p = estimate(&PlanRequest { dtype: DType::F16, quant: Some(Quant::Q4K), ..*r });
+            msg.push_str(&format!("; even f16 with --quant q4k needs about {}", gib(p.total)))
+        }
+        None => msg.push_str("; no quantization makes it fit"),
+    }
+    Err(msg)
+}
+
+impl Clone for PlanRequest<'_> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl Copy for PlanRequest<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ziya() -> (VisionRepoConfig, LlamaConfig) {
+        let v: VisionRepoConfig =
+            serde_json::from_str(r#"{"vision_config": {}, "qformer_config": {}, "num_query_tokens": 32}"#).unwrap();
+        let l: LlamaConfig = serde_json::from_str(
+            r#"{"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                "num_attention_heads": 40, "vocab_size": 39424, "max_position_embeddings": 2048}"#,
+        )
+        .unwrap();
+        (v, l)
+    }
+
+    fn plan(dtype: DType, quant: Option<Quant>) -> Plan {
+        let (v, l) = ziya();
+        estimate(&PlanRequest {
+            vision: &v,
+            llm: &l,
+            dtype,
+            quant,
+            vision_file_dtype: DType::F32,
+            llm_file_dtype: DType::F16,
+            prompt: 2048,
+            context: 2048,
+            on_cpu: false,
+        })
+    }
+
+    #[test]
+    fn ziya_13b_sizes_match_the_model_card_arithmetic() {
+        // ZIYA_FACTS: LLaMA-13B f16 ≈ 26 GB, 8-bit ≈ 13.8, 4-bit ≈ 7.4; vision + Q-Former f16 ≈ 2.2.
+        let f16 = plan(DType::F16, None);
+        assert!((25.5e9..27.0e9).contains(&(f16.llm_weights as f64)), "{}", gib(f16.llm_weights));
+        assert!((2.0e9..2.4e9).contains(&(f16.vision_weights as f64)), "{}", gib(f16.vision_weights));
+        let q8 = plan(DType::F16, Some(Quant::Q8_0));
+        assert!((13.0e9..14.5e9).contains(&(q8.llm_weights as f64)), "{}", gib(q8.llm_weights));
+        let q4 = plan(DType::F16, Some(Quant::Q4K));
+        assert!((7.0e9..8.2e9).contains(&(q4.llm_weights as f64)), "{}", gib(q4.llm_weights));
+        // KV cache for 2048 positions in f16: 40 layers × 2 × 2048 × 5120 × 2 bytes ≈ 1.68 GB.
+        assert!((1.6e9..2.2e9).contains(&(f16.kv_cache as f64)), "{}", gib(f16.kv_cache));
+    }
+
+    #[test]
+    fn too_big_is_refused_with_a_quantization_that_fits() {
+        let (v, l) = ziya();
+        let r = PlanRequest {
+            vision: &v,
+            llm: &l,
+            dtype: DType::F16,
+            quant: None,
+            vision_file_dtype: DType::F32,
+            llm_file_dtype: DType::F16,
+            prompt: 512,
+            context: 2048,
+            on_cpu: false,
+        };
+        let p = estimate(&r);
+        // f16 Ziya-13B needs ~30 GB at full context; q4k brings it to ~12 GB (f16 vision tower,
+        // f16 KV cache for 2048 positions).
+        let err = check_fits(&p, Some(12_500_000_000), &r).unwrap_err();
+        assert!(err.contains("only 12.50 GB is free") && err.contains("--quant q4k"), "{err}");
+        let err = check_fits(&p, Some(8_000_000_000), &r).unwrap_err();
+        assert!(err.contains("no quantization makes it fit"), "{err}");
+        assert!(check_fits(&p, Some(p.total + 1), &r).is_ok());
+    }
+
+    #[test]
+    fn kv_capacity_follows_the_cache_growth() {
+        assert_eq!(cache_capacity(10, 26), 256);
+        assert_eq!(cache_capacity(300, 316), 512);
+        assert_eq!(cache_capacity(100, 1500), 2048);
+        assert_eq!(cache_capacity(1200, 1200), 2048); // chunks of 512 → 512, 1024, 2048
+    }
+}
