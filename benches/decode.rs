@@ -68,6 +68,7 @@ fn main() {
             dtype: parse_dtype(dt).unwrap(),
             device: Device::Cpu,
             quant: ziya_visual::model::layers::Quant::parse(q),
+            llm_base: None,
         };
         let t = Instant::now();
         let mut p = Pipeline::load(&spec, Arc::new(LoadCounter::default())).unwrap();

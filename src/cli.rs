@@ -38,6 +38,12 @@ pub struct Cli {
     /// Quantization for the window's model: q8_0, q6k or q4k.
     #[arg(long, value_enum)]
     pub quant: Option<crate::model::layers::Quant>,
+    /// Meta's LLaMA-13B base for a delta given with --llm-delta (merged while loading).
+    #[arg(long, requires = "llm_delta")]
+    pub llm_base: Option<PathBuf>,
+    /// The published Ziya-LLaMA-13B-v1 delta folder (with --llm-base).
+    #[arg(long, requires = "llm_base", conflicts_with = "llm_model")]
+    pub llm_delta: Option<PathBuf>,
     /// Load the built-in demo model (tiny, random weights: its answers are noise).
     #[arg(long)]
     pub demo: bool,
@@ -61,6 +67,18 @@ pub enum Command {
         /// Write a folder with the .md file and its images under this folder.
         #[arg(long)]
         markdown: Option<PathBuf>,
+    },
+    /// Merge Meta's LLaMA-13B and the published Ziya delta into one safetensors folder.
+    MergeDelta {
+        /// Meta's LLaMA-13B in HF format.
+        #[arg(long)]
+        base: PathBuf,
+        /// The Ziya-LLaMA-13B-v1 delta folder.
+        #[arg(long)]
+        delta: PathBuf,
+        /// Where to write the merged folder.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Estimate the memory a model needs (weights, KV cache, activations, loading) as JSON.
     Plan {
@@ -99,8 +117,14 @@ pub struct AskArgs {
     #[arg(long)]
     pub vision_model: PathBuf,
     /// Folder of the LLaMA model (Ziya-LLaMA-13B-v1, merged with its base).
-    #[arg(long)]
-    pub llm_model: PathBuf,
+    #[arg(long, required_unless_present_all = ["llm_base", "llm_delta"], conflicts_with_all = ["llm_base", "llm_delta"])]
+    pub llm_model: Option<PathBuf>,
+    /// Meta's LLaMA-13B (HF format): with --llm-delta, the LLM is merged while loading.
+    #[arg(long, requires = "llm_delta")]
+    pub llm_base: Option<PathBuf>,
+    /// The published Ziya-LLaMA-13B-v1 delta folder (its config and tokenizer are used).
+    #[arg(long, requires = "llm_base")]
+    pub llm_delta: Option<PathBuf>,
     /// An image for this question; repeat for several, in order.
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
@@ -181,11 +205,38 @@ pub fn run_plan(
         Some(c) => c,
         None => crate::model::read_llm_config(llm)?.max_position_embeddings,
     };
-    let spec = ModelSpec { vision_dir: vision.to_path_buf(), llm_dir: llm.to_path_buf(), dtype, device, quant };
+    let spec = ModelSpec {
+        vision_dir: vision.to_path_buf(),
+        llm_dir: llm.to_path_buf(),
+        dtype,
+        device,
+        quant,
+        llm_base: None,
+    };
     let plan = crate::inference::memory_plan(&spec, prompt, context)?;
     let free = crate::model::plan::available_bytes(&spec.device);
     let out = serde_json::json!({"plan": plan, "available": free, "fits": free.is_none_or(|f| plan.total <= f)});
     println!("{out}");
+    Ok(())
+}
+
+/// `ziya-visual merge-delta`, with a progress line on stderr.
+pub fn run_merge_delta(base: &std::path::Path, delta: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let started = Instant::now();
+    let written = crate::model::delta::merge_to_dir(base, delta, out, &mut |p| {
+        let secs = started.elapsed().as_secs_f64();
+        let eta = if p.bytes > 0 { secs * (p.total_bytes - p.bytes) as f64 / p.bytes as f64 } else { 0.0 };
+        eprint!(
+            "\rmerging: {}/{} tensors, {:.2}/{:.2} GB, {:.0} s left   ",
+            p.tensors,
+            p.total_tensors,
+            p.bytes as f64 / 1e9,
+            p.total_bytes as f64 / 1e9,
+            eta
+        );
+    })?;
+    eprintln!();
+    println!("{}", written.display());
     Ok(())
 }
 
@@ -236,7 +287,8 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
 
     // Size the job before loading anything heavy: the prompt's length needs only the tokenizer.
     let template = crate::chat::ChatTemplate::from_config(&crate::model::read_vision_config(&args.vision_model)?);
-    let tokenizer = crate::tokenizer::ChatTokenizer::from_dir(&args.llm_model)?;
+    let llm_dir = args.llm_model.clone().or_else(|| args.llm_delta.clone()).unwrap_or_default();
+    let tokenizer = crate::tokenizer::ChatTokenizer::from_dir(&llm_dir)?;
     let q = crate::model::read_vision_config(&args.vision_model)?.num_query_tokens;
     let prompt = crate::chat::Prompt::build(&template, &tokenizer, &turns)?.len(q);
     drop(tokenizer);
@@ -244,10 +296,11 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     let t = Instant::now();
     let spec = ModelSpec {
         vision_dir: args.vision_model.clone(),
-        llm_dir: args.llm_model.clone(),
+        llm_dir: llm_dir.clone(),
         dtype,
         device,
         quant: args.quant,
+        llm_base: args.llm_base.clone(),
     };
     crate::inference::check_memory(&spec, prompt, prompt + args.max_new_tokens)?;
     let mut pipeline = Pipeline::load(&spec, Arc::new(LoadCounter::default()))?;
@@ -273,7 +326,10 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     if let Some(path) = &args.save_session {
         session.model = Some(ModelInfo {
             vision_model: args.vision_model.display().to_string(),
-            llm_model: args.llm_model.display().to_string(),
+            llm_model: match &args.llm_base {
+                Some(base) => format!("{} + delta {}", base.display(), llm_dir.display()),
+                None => llm_dir.display().to_string(),
+            },
             dtype: dtype_name(pipeline.dtype()).into(),
             device: device_name(pipeline.device()).into(),
         });

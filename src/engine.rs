@@ -30,6 +30,8 @@ pub struct LoadRequest {
     pub dtype: String,
     /// `None`, or q8_0 / q6k / q4k for the LLM's linear layers.
     pub quant: Option<crate::model::layers::Quant>,
+    /// Meta's LLaMA base when `llm_dir` is the published Ziya delta (merged while loading).
+    pub llm_base: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -310,8 +312,14 @@ fn load_pipeline(req: &LoadRequest, counter: Arc<LoadCounter>) -> Result<(Pipeli
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
     };
-    let spec =
-        ModelSpec { vision_dir: req.vision_dir.clone(), llm_dir: req.llm_dir.clone(), dtype, device, quant: req.quant };
+    let spec = ModelSpec {
+        vision_dir: req.vision_dir.clone(),
+        llm_dir: req.llm_dir.clone(),
+        dtype,
+        device,
+        quant: req.quant,
+        llm_base: req.llm_base.clone(),
+    };
     // A conversation may grow to the whole context; refuse what cannot fit before loading.
     let context = crate::model::read_llm_config(&spec.llm_dir)?.max_position_embeddings;
     crate::inference::check_memory(&spec, crate::model::plan::PREFILL_CHUNK.min(context), context)?;
@@ -342,6 +350,7 @@ mod tests {
             device: "cpu".into(),
             dtype: "f32".into(),
             quant: None,
+            llm_base: None,
         }
     }
 

@@ -93,6 +93,7 @@ pub fn memory_plan(spec: &ModelSpec, prompt: usize, context: usize) -> Result<cr
         prompt,
         context: context.min(llm.max_position_embeddings),
         on_cpu: spec.device.is_cpu(),
+        delta: spec.llm_base.is_some(),
     }))
 }
 
@@ -113,6 +114,7 @@ pub fn check_memory(spec: &ModelSpec, prompt: usize, context: usize) -> Result<c
         prompt,
         context: plan.context,
         on_cpu: spec.device.is_cpu(),
+        delta: spec.llm_base.is_some(),
     };
     check_fits(&plan, available_bytes(&spec.device), &request).map_err(Error::Request)?;
     Ok(plan)

@@ -8,6 +8,7 @@ fn main() {
         Some(Command::Export { session, html, markdown }) => {
             ziya_visual::cli::run_export(session, html.as_deref(), markdown.as_deref())
         }
+        Some(Command::MergeDelta { base, delta, out }) => ziya_visual::cli::run_merge_delta(base, delta, out),
         Some(Command::Plan { vision_model, llm_model, dtype, quant, device, prompt, context }) => {
             ziya_visual::cli::run_plan(vision_model, llm_model, dtype, *quant, device, *prompt, *context)
         }
@@ -18,7 +19,8 @@ fn main() {
         None => {
             let options = ziya_visual::ui::AppOptions {
                 vision_model: cli.vision_model.clone(),
-                llm_model: cli.llm_model.clone(),
+                llm_model: cli.llm_model.clone().or_else(|| cli.llm_delta.clone()),
+                llm_base: cli.llm_base.clone(),
                 device: cli.device.clone(),
                 dtype: cli.dtype.clone(),
                 quant: cli.quant,

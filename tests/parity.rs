@@ -17,7 +17,14 @@ use ziya_visual::model::ModelSpec;
 use ziya_visual::sampling::SamplingParams;
 
 fn load(vision: std::path::PathBuf, llm: std::path::PathBuf) -> Pipeline {
-    let spec = ModelSpec { vision_dir: vision, llm_dir: llm, dtype: DType::F32, device: Device::Cpu, quant: None };
+    let spec = ModelSpec {
+        vision_dir: vision,
+        llm_dir: llm,
+        dtype: DType::F32,
+        device: Device::Cpu,
+        quant: None,
+        llm_base: None,
+    };
     Pipeline::load(&spec, Arc::new(LoadCounter::default())).expect("tiny checkpoint loads")
 }
 

@@ -20,7 +20,8 @@ use ziya_visual::model::ModelSpec;
 use ziya_visual::sampling::SamplingParams;
 
 fn load(dtype: DType, quant: Option<Quant>) -> Pipeline {
-    let spec = ModelSpec { vision_dir: vision_dir(), llm_dir: llm_dir(), dtype, device: Device::Cpu, quant };
+    let spec =
+        ModelSpec { vision_dir: vision_dir(), llm_dir: llm_dir(), dtype, device: Device::Cpu, quant, llm_base: None };
     Pipeline::load(&spec, Arc::new(LoadCounter::default())).unwrap()
 }
 

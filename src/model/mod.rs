@@ -2,6 +2,7 @@
 //! LLaMA decoder (the LLM repo). One file per network part, candle style.
 
 pub mod config;
+pub mod delta;
 pub mod layers;
 pub mod llama;
 pub mod plan;
@@ -33,6 +34,9 @@ pub struct ModelSpec {
     pub device: Device,
     /// Quantize the LLM's linear layers while loading.
     pub quant: Option<Quant>,
+    /// When set, `llm_dir` is the published Ziya delta and this is Meta's LLaMA base: the
+    /// LLM loads as base + delta.
+    pub llm_base: Option<PathBuf>,
 }
 
 pub struct ZiyaVisual {
@@ -97,7 +101,10 @@ impl ZiyaVisual {
         let vision_config = read_vision_config(&spec.vision_dir)?;
         let llm_config = read_llm_config(&spec.llm_dir)?;
         let vckpt = Arc::new(Checkpoint::open_dir(&spec.vision_dir, counter.clone())?);
-        let lckpt = Arc::new(Checkpoint::open_dir(&spec.llm_dir, counter.clone())?);
+        let lckpt = Arc::new(match &spec.llm_base {
+            Some(base) => Checkpoint::open_delta(base, &spec.llm_dir, counter.clone())?,
+            None => Checkpoint::open_dir(&spec.llm_dir, counter.clone())?,
+        });
         Self::from_checkpoints((vision_config, llm_config), (vckpt, lckpt), spec, &counter)
     }
 

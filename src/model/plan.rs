@@ -68,6 +68,8 @@ pub struct PlanRequest<'a> {
     pub context: usize,
     /// Whether the model runs on the CPU (where quantized weights get repacked copies).
     pub on_cpu: bool,
+    /// The LLM is a published delta merged with its base while loading.
+    pub delta: bool,
 }
 
 /// Bytes per weight of the copy candle 0.11's x86 CPU kernels keep of a quantized (rows × cols)
@@ -180,7 +182,11 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
         let e = elems(&shape);
         // Beyond the final weight, loading holds the tensor as read (file precision) while it is
         // converted, and when quantizing also its f32 copy.
-        let file = e * r.llm_file_dtype.size_in_bytes() as u64;
+        let mut file = e * r.llm_file_dtype.size_in_bytes() as u64;
+        if r.delta && !super::delta::taken_from_delta(&name) {
+            // Base and delta as read, both widened to f32, and their sum.
+            file = 2 * file + 3 * e * 4;
+        }
         let (bytes, transient) = if name.contains("norm") {
             (e * 4, file)
         } else if let (Some(q), true) = (r.quant.and_then(|q| q.for_rows(shape[1])), linear(&name)) {
@@ -343,6 +349,7 @@ mod tests {
             prompt: 2048,
             context: 2048,
             on_cpu: false,
+            delta: false,
         })
     }
 
@@ -373,6 +380,7 @@ mod tests {
             prompt: 512,
             context: 2048,
             on_cpu: false,
+            delta: false,
         };
         let p = estimate(&r);
         // f16 Ziya-13B needs ~30 GB at full context; q4k brings it to ~12 GB (f16 vision tower,

@@ -88,6 +88,7 @@ impl MappedSafetensors {
 struct Entry {
     file: usize,
     shape: Shape,
+    dtype: DType,
     bytes: u64,
 }
 
@@ -97,6 +98,8 @@ pub struct Checkpoint {
     files: Vec<(PathBuf, WeightFile)>,
     entries: HashMap<String, Entry>,
     counter: Arc<LoadCounter>,
+    /// Set for a published delta: tensors load as base + delta.
+    base: Option<Arc<Checkpoint>>,
 }
 
 /// The weight layouts we look for, in order of preference (safetensors first: it can be mapped).
@@ -130,7 +133,7 @@ impl Checkpoint {
                 for (name, info) in &st.infos {
                     let shape = Shape::from(info.shape.clone());
                     let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
-                    entries.insert(name.clone(), Entry { file: idx, shape, bytes });
+                    entries.insert(name.clone(), Entry { file: idx, shape, dtype: st_dtype(info.dtype), bytes });
                 }
                 WeightFile::Safetensors(st)
             } else {
@@ -139,7 +142,7 @@ impl Checkpoint {
                 for (name, info) in pth.tensor_infos() {
                     let shape = info.layout.shape().clone();
                     let bytes = (shape.elem_count() * info.dtype.size_in_bytes()) as u64;
-                    entries.insert(name.clone(), Entry { file: idx, shape, bytes });
+                    entries.insert(name.clone(), Entry { file: idx, shape, dtype: info.dtype, bytes });
                 }
                 WeightFile::Pth(pth)
             };
@@ -148,7 +151,116 @@ impl Checkpoint {
         if entries.is_empty() {
             return Err(Error::checkpoint(dir, "the weight files hold no tensors"));
         }
-        Ok(Self { dir: dir.to_path_buf(), files, entries, counter })
+        Ok(Self { dir: dir.to_path_buf(), files, entries, counter, base: None })
+    }
+
+    /// The published Ziya delta in `delta_dir` over Meta's LLaMA in `base_dir`: every tensor
+    /// loads as base + delta (rounded to the delta's precision, as Fengshenbang's apply_delta.py
+    /// adds float16 parameters), except the embeddings, the LM head and rotary tables, which
+    /// are the delta's own (the vocabulary grew from 32000 to 39424).
+    pub fn open_delta(base_dir: &Path, delta_dir: &Path, counter: Arc<LoadCounter>) -> Result<Self> {
+        let base = Checkpoint::open_dir(base_dir, counter.clone())?;
+        let mut delta = Checkpoint::open_dir(delta_dir, counter)?;
+        for name in delta.sorted_names() {
+            if crate::model::delta::taken_from_delta(&name) {
+                continue;
+            }
+            let d = &delta.entries[&name];
+            match base.entries.get(&name) {
+                None => {
+                    return Err(Error::checkpoint(
+                        base_dir,
+                        format!(
+                            "tensor `{name}` of the delta is missing from the base (is this Meta's LLaMA-13B in HF format?)"
+                        ),
+                    ))
+                }
+                Some(b) if b.shape != d.shape => {
+                    return Err(Error::checkpoint(
+                        base_dir,
+                        format!(
+                            "tensor `{name}` has shape {:?} in the base but {:?} in the delta (the delta was made from another model)",
+                            b.shape.dims(),
+                            d.shape.dims()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        delta.base = Some(Arc::new(base));
+        Ok(delta)
+    }
+
+    pub fn base(&self) -> Option<&Arc<Checkpoint>> {
+        self.base.as_ref()
+    }
+
+    /// The stored precision of a tensor.
+    pub fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    /// Tensor names, sorted.
+    pub fn sorted_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Calls `f` with the stored bytes of a tensor a piece at a time (little-endian, row-major)
+    /// without holding the whole tensor: for merging checkpoints larger than memory.
+    pub fn for_each_chunk(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        const CHUNK: usize = 4 << 20;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::checkpoint(&self.dir, format!("tensor `{name}` is missing from the weight files")))?;
+        let (path, file) = &self.files[entry.file];
+        let wrap = |e: String| Error::checkpoint(path, format!("reading tensor `{name}`: {e}"));
+        match file {
+            WeightFile::Safetensors(st) => {
+                let info = st.infos.get(name).ok_or_else(|| wrap("not in file".into()))?;
+                let (start, end) = (st.data_start + info.data_offsets.0, st.data_start + info.data_offsets.1);
+                let bytes = st.mmap.get(start..end).ok_or_else(|| wrap("data outside the file".into()))?;
+                for piece in bytes.chunks(CHUNK) {
+                    f(piece)?;
+                }
+                #[cfg(unix)]
+                // SAFETY: see MappedSafetensors::load.
+                unsafe {
+                    let _ = st.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
+                }
+                Ok(())
+            }
+            WeightFile::Pth(pth) => {
+                use std::io::Read;
+                let info = pth.tensor_infos().get(name).ok_or_else(|| wrap("not in file".into()))?;
+                if !info.layout.is_contiguous() {
+                    // Rare (transposed storage): read it whole.
+                    let bytes = tensor_bytes(&self.load_raw(name)?)?;
+                    for piece in bytes.chunks(CHUNK) {
+                        f(piece)?;
+                    }
+                    return Ok(());
+                }
+                let size = info.dtype.size_in_bytes();
+                let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
+                let mut zip = zip::ZipArchive::new(reader).map_err(|e| wrap(e.to_string()))?;
+                let mut entry = zip.by_name(&info.path).map_err(|e| wrap(e.to_string()))?;
+                let skip = (info.layout.start_offset() * size) as u64;
+                std::io::copy(&mut (&mut entry).take(skip), &mut std::io::sink()).map_err(|e| wrap(e.to_string()))?;
+                let mut left = info.layout.shape().elem_count() * size;
+                let mut buf = vec![0u8; CHUNK.min(left.max(1))];
+                while left > 0 {
+                    let n = left.min(buf.len());
+                    entry.read_exact(&mut buf[..n]).map_err(|e| wrap(format!("the file is truncated? {e}")))?;
+                    f(&buf[..n])?;
+                    left -= n;
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -167,17 +279,41 @@ impl Checkpoint {
         self.entries.keys().map(|s| s.as_str())
     }
 
-    /// Total bytes of tensor data stored under names starting with `prefix`.
+    /// Total bytes of tensor data stored under names starting with `prefix` (a delta's base
+    /// included, since loading reads both).
     pub fn bytes_with_prefix(&self, prefix: &str) -> u64 {
-        self.entries.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, e)| e.bytes).sum()
+        let own: u64 = self.entries.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, e)| e.bytes).sum();
+        own + self.base.as_ref().map_or(0, |b| b.bytes_with_prefix(prefix))
     }
 
     pub fn counter(&self) -> &Arc<LoadCounter> {
         &self.counter
     }
 
-    /// Reads one tensor, converted to `dtype` on `device`.
+    /// Reads one tensor, converted to `dtype` on `device` (merged with the base, for a delta).
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let path = self.entries.get(name).map(|e| self.files[e.file].0.clone()).unwrap_or_else(|| self.dir.clone());
+        let wrap = |e: candle_core::Error| Error::checkpoint(&path, format!("reading tensor `{name}`: {e}"));
+        let tensor = match &self.base {
+            Some(base) if !crate::model::delta::taken_from_delta(name) => {
+                // As apply_delta.py: the base in the delta's precision, plus the delta, rounded
+                // to that precision.
+                let delta = self.load_raw(name)?;
+                let stored = delta.dtype();
+                let base = base.load_raw(name)?.to_dtype(stored).map_err(wrap)?;
+                (base.to_dtype(DType::F32).map_err(wrap)? + delta.to_dtype(DType::F32).map_err(wrap)?)
+                    .and_then(|t| t.to_dtype(stored))
+                    .map_err(wrap)?
+            }
+            _ => self.load_raw(name)?,
+        };
+        // Convert on the CPU before moving: a 16-bit tensor then crosses to the GPU at half size
+        // and an f32 checkpoint loaded as f16 never holds two f32 copies on the device.
+        tensor.to_dtype(dtype).map_err(wrap)?.to_device(device).map_err(wrap)
+    }
+
+    /// One tensor as stored, on the CPU.
+    fn load_raw(&self, name: &str) -> Result<Tensor> {
         if self.counter.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
@@ -196,9 +332,6 @@ impl Checkpoint {
                 .map_err(wrap)?
                 .ok_or_else(|| Error::checkpoint(path, format!("tensor `{name}` vanished from the file")))?,
         };
-        // Convert on the CPU before moving: a 16-bit tensor then crosses to the GPU at half size
-        // and an f32 checkpoint loaded as f16 never holds two f32 copies on the device.
-        let tensor = tensor.to_dtype(dtype).map_err(wrap)?.to_device(device).map_err(wrap)?;
         self.counter.done.fetch_add(entry.bytes, Ordering::Relaxed);
         Ok(tensor)
     }
@@ -230,6 +363,29 @@ impl Checkpoint {
         }
         self.load(name, dtype, device)
     }
+}
+
+fn st_dtype(d: safetensors::Dtype) -> DType {
+    match d {
+        safetensors::Dtype::F16 => DType::F16,
+        safetensors::Dtype::BF16 => DType::BF16,
+        safetensors::Dtype::F64 => DType::F64,
+        safetensors::Dtype::U8 => DType::U8,
+        safetensors::Dtype::U32 => DType::U32,
+        safetensors::Dtype::I64 => DType::I64,
+        _ => DType::F32,
+    }
+}
+
+/// The raw little-endian bytes of a CPU tensor.
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        other => return Err(Error::Request(format!("cannot stream tensors of type {other:?}"))),
+    })
 }
 
 /// Lists the shard files an index.json refers to, checking each one exists.

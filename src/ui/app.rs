@@ -27,6 +27,8 @@ pub struct AppOptions {
     /// Load these folders at start (overrides the remembered ones).
     pub vision_model: Option<PathBuf>,
     pub llm_model: Option<PathBuf>,
+    /// With `llm_model` the published delta: Meta's LLaMA base to merge it with.
+    pub llm_base: Option<PathBuf>,
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub quant: Option<crate::model::layers::Quant>,
@@ -62,6 +64,7 @@ enum Picked {
     Images(Vec<PathBuf>),
     VisionDir(PathBuf),
     LlmDir(PathBuf),
+    LlmBaseDir(PathBuf),
     SessionFile(PathBuf),
     SaveAs(PathBuf),
     ExportMarkdown(PathBuf),
@@ -206,6 +209,10 @@ impl ZiyaApp {
         } else if let (Some(v), Some(l)) = (&options.vision_model, &options.llm_model) {
             app.state.prefs.vision_dir = v.display().to_string();
             app.state.prefs.llm_dir = l.display().to_string();
+            app.state.prefs.use_delta = options.llm_base.is_some();
+            if let Some(b) = &options.llm_base {
+                app.state.prefs.llm_base_dir = b.display().to_string();
+            }
             app.apply(Intent::LoadModel);
         }
         app
@@ -259,6 +266,7 @@ impl ZiyaApp {
                 Picked::Images(paths) => self.apply(Intent::AddFiles(paths)),
                 Picked::VisionDir(p) => self.state.prefs.vision_dir = p.display().to_string(),
                 Picked::LlmDir(p) => self.state.prefs.llm_dir = p.display().to_string(),
+                Picked::LlmBaseDir(p) => self.state.prefs.llm_base_dir = p.display().to_string(),
                 Picked::SessionFile(p) => self.apply(Intent::OpenSessionFile(p)),
                 Picked::SaveAs(p) => self.save_as(&p),
                 Picked::ExportMarkdown(p) => self.export(&p, false),
@@ -296,6 +304,7 @@ impl ZiyaApp {
                 dtype,
                 device: device.clone(),
                 quant: q,
+                llm_base: None,
             };
             let plan = crate::model::read_llm_config(&spec.llm_dir).and_then(|c| {
                 let ctx = c.max_position_embeddings;
@@ -518,6 +527,7 @@ impl ZiyaApp {
             }),
             Intent::PickVisionDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::VisionDir)),
             Intent::PickLlmDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmDir)),
+            Intent::PickLlmBaseDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmBaseDir)),
             Intent::LoadModel => {
                 let p = &self.state.prefs;
                 let req = LoadRequest {
@@ -526,6 +536,8 @@ impl ZiyaApp {
                     device: p.device.clone(),
                     dtype: p.dtype.clone(),
                     quant: crate::model::layers::Quant::parse(&p.quant),
+                    llm_base: (p.use_delta && !p.llm_base_dir.trim().is_empty())
+                        .then(|| PathBuf::from(p.llm_base_dir.trim())),
                 };
                 self.state.model = ModelStatus::Loading { done: 0, total: 0 };
                 self.engine.send(Command::Load(req));

@@ -25,6 +25,9 @@ pub struct Prefs {
     pub dtype: String,
     /// "" for none, or q8_0 / q6k / q4k.
     pub quant: String,
+    /// The LLM folder is the published Ziya delta over this LLaMA base (merged while loading).
+    pub use_delta: bool,
+    pub llm_base_dir: String,
     pub sampling: SamplingParams,
     pub lang: Option<Lang>,
     pub show_side_panel: bool,
@@ -38,6 +41,8 @@ impl Default for Prefs {
             device: if cfg!(feature = "cuda") { "cuda".into() } else { "cpu".into() },
             dtype: "f32".into(),
             quant: String::new(),
+            use_delta: false,
+            llm_base_dir: String::new(),
             sampling: SamplingParams::default(),
             lang: None,
             show_side_panel: true,
@@ -49,7 +54,7 @@ impl Default for Prefs {
 pub enum ModelStatus {
     Empty,
     Loading { done: u64, total: u64 },
-    Ready(ModelSummary),
+    Ready(Box<ModelSummary>),
     Failed(String),
 }
 
@@ -122,6 +127,7 @@ pub enum Intent {
     PickImages,
     PickVisionDir,
     PickLlmDir,
+    PickLlmBaseDir,
     LoadModel,
     UseDemoModel,
     CancelLoad,
@@ -240,7 +246,7 @@ impl AppState {
                 false
             }
             Event::Loaded(summary) => {
-                self.model = ModelStatus::Ready(summary);
+                self.model = ModelStatus::Ready(Box::new(summary));
                 false
             }
             Event::LoadFailed(msg) => {

@@ -237,7 +237,7 @@ fn model_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
             ui.add(egui::TextEdit::singleline(&mut app.state.prefs.vision_dir).desired_width(f32::INFINITY))
                 .labelled_by(label.id);
         });
-        let label = ui.label(tr.llm_folder);
+        let label = ui.label(if app.state.prefs.use_delta { tr.delta_folder } else { tr.llm_folder });
         ui.horizontal(|ui| {
             if ui.button(tr.browse).clicked() {
                 intents.push(Intent::PickLlmDir);
@@ -245,6 +245,17 @@ fn model_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
             ui.add(egui::TextEdit::singleline(&mut app.state.prefs.llm_dir).desired_width(f32::INFINITY))
                 .labelled_by(label.id);
         });
+        ui.checkbox(&mut app.state.prefs.use_delta, tr.use_delta);
+        if app.state.prefs.use_delta {
+            let label = ui.label(tr.base_folder);
+            ui.horizontal(|ui| {
+                if ui.button(tr.browse).clicked() {
+                    intents.push(Intent::PickLlmBaseDir);
+                }
+                ui.add(egui::TextEdit::singleline(&mut app.state.prefs.llm_base_dir).desired_width(f32::INFINITY))
+                    .labelled_by(label.id);
+            });
+        }
         ui.horizontal(|ui| {
             let label = ui.label(tr.device);
             egui::ComboBox::from_id_salt("device")
@@ -320,7 +331,9 @@ fn model_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
             }
         }
     });
-    let can_load = !loading
+    let delta_ready = !app.state.prefs.use_delta || !app.state.prefs.llm_base_dir.trim().is_empty();
+    let can_load = delta_ready
+        && !loading
         && !app.state.is_busy()
         && !app.state.prefs.vision_dir.trim().is_empty()
         && !app.state.prefs.llm_dir.trim().is_empty();
