@@ -68,6 +68,19 @@ pub enum Command {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// Quantize the LLM once into a GGUF file that starts fast (usable as --llm-model FILE.gguf).
+    Quantize {
+        /// The LLM folder (merged), or the delta folder with --llm-base.
+        #[arg(long)]
+        llm_model: PathBuf,
+        /// Meta's LLaMA-13B base when --llm-model is the published delta.
+        #[arg(long)]
+        llm_base: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        quant: crate::model::layers::Quant,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Merge Meta's LLaMA-13B and the published Ziya delta into one safetensors folder.
     MergeDelta {
         /// Meta's LLaMA-13B in HF format.
@@ -220,6 +233,21 @@ pub fn run_plan(
     Ok(())
 }
 
+/// `ziya-visual quantize`, with a progress line on stderr.
+pub fn run_quantize(
+    llm: &std::path::Path,
+    base: Option<&std::path::Path>,
+    quant: crate::model::layers::Quant,
+    out: &std::path::Path,
+) -> Result<()> {
+    let written = crate::model::gguf::quantize_to_gguf(llm, base, quant, out, &mut |done, total| {
+        eprint!("\rquantizing: {done}/{total} tensors   ");
+    })?;
+    eprintln!();
+    println!("{}", written.display());
+    Ok(())
+}
+
 /// `ziya-visual merge-delta`, with a progress line on stderr.
 pub fn run_merge_delta(base: &std::path::Path, delta: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let started = Instant::now();
@@ -288,6 +316,7 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     // Size the job before loading anything heavy: the prompt's length needs only the tokenizer.
     let template = crate::chat::ChatTemplate::from_config(&crate::model::read_vision_config(&args.vision_model)?);
     let llm_dir = args.llm_model.clone().or_else(|| args.llm_delta.clone()).unwrap_or_default();
+    crate::model::read_llm_config(&llm_dir)?; // a wrong folder is named before anything else
     let tokenizer = crate::tokenizer::ChatTokenizer::from_dir(&llm_dir)?;
     let q = crate::model::read_vision_config(&args.vision_model)?.num_query_tokens;
     let prompt = crate::chat::Prompt::build(&template, &tokenizer, &turns)?.len(q);

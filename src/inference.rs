@@ -83,11 +83,13 @@ pub fn memory_plan(spec: &ModelSpec, prompt: usize, context: usize) -> Result<cr
         let v: serde_json::Value = crate::model::config::read_json(&dir.join("config.json")).ok()?;
         v.get("torch_dtype")?.as_str().map(str::to_string)
     };
+    // A GGUF from `ziya-visual quantize` is already quantized.
+    let quant = spec.quant.or_else(|| gguf_quant(&spec.llm_dir));
     Ok(estimate(&PlanRequest {
         vision: &vision,
         llm: &llm,
         dtype: spec.dtype,
-        quant: spec.quant,
+        quant,
         vision_file_dtype: stored_dtype(torch_dtype(&spec.vision_dir).as_deref(), DType::F32),
         llm_file_dtype: stored_dtype(torch_dtype(&spec.llm_dir).as_deref(), DType::F16),
         prompt,
@@ -95,6 +97,14 @@ pub fn memory_plan(spec: &ModelSpec, prompt: usize, context: usize) -> Result<cr
         on_cpu: spec.device.is_cpu(),
         delta: spec.llm_base.is_some(),
     }))
+}
+
+fn gguf_quant(path: &std::path::Path) -> Option<crate::model::layers::Quant> {
+    if !crate::model::weights::is_gguf(path) {
+        return None;
+    }
+    let content = crate::model::weights::read_gguf(path).ok()?;
+    crate::model::layers::Quant::parse(&crate::model::weights::gguf_string(&content, crate::model::gguf::QUANT_KEY)?)
 }
 
 /// Refuses, with the numbers and a quantization that would fit, a model that does not fit in
@@ -108,7 +118,7 @@ pub fn check_memory(spec: &ModelSpec, prompt: usize, context: usize) -> Result<c
         vision: &vision,
         llm: &llm,
         dtype: spec.dtype,
-        quant: spec.quant,
+        quant: spec.quant.or_else(|| gguf_quant(&spec.llm_dir)),
         vision_file_dtype: stored_dtype(None, DType::F32),
         llm_file_dtype: stored_dtype(None, DType::F16),
         prompt,

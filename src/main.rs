@@ -8,6 +8,9 @@ fn main() {
         Some(Command::Export { session, html, markdown }) => {
             ziya_visual::cli::run_export(session, html.as_deref(), markdown.as_deref())
         }
+        Some(Command::Quantize { llm_model, llm_base, quant, out }) => {
+            ziya_visual::cli::run_quantize(llm_model, llm_base.as_deref(), *quant, out)
+        }
         Some(Command::MergeDelta { base, delta, out }) => ziya_visual::cli::run_merge_delta(base, delta, out),
         Some(Command::Plan { vision_model, llm_model, dtype, quant, device, prompt, context }) => {
             ziya_visual::cli::run_plan(vision_model, llm_model, dtype, *quant, device, *prompt, *context)

@@ -18,8 +18,20 @@ pub struct ChatTokenizer {
 }
 
 impl ChatTokenizer {
-    /// Loads `tokenizer.json` from the LLM folder, falling back to `tokenizer.model`.
+    /// Loads `tokenizer.json` from the LLM folder, falling back to `tokenizer.model`. For a
+    /// `.gguf` from `ziya-visual quantize`: the tokenizer it carries, else the files beside it.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        if crate::model::weights::is_gguf(dir) {
+            let content = crate::model::weights::read_gguf(dir)?;
+            if let Some(json) = crate::model::weights::gguf_string(&content, crate::model::gguf::TOKENIZER_KEY) {
+                let inner = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::Tokenizer {
+                    path: dir.to_path_buf(),
+                    msg: format!("the embedded tokenizer cannot be loaded: {e}"),
+                })?;
+                return Ok(Self::wrap(inner, dir));
+            }
+            return Self::from_dir(dir.parent().unwrap_or(Path::new(".")));
+        }
         let json = dir.join("tokenizer.json");
         if json.is_file() {
             return Self::from_json_file(&json);
@@ -74,6 +86,13 @@ impl ChatTokenizer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The tokenizer as tokenizer.json text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), msg: format!("cannot serialise: {e}") })
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -53,6 +53,15 @@ impl Quant {
         [self, Quant::Q8_0].into_iter().find(|q| row_len.is_multiple_of(q.ggml().block_size()))
     }
 
+    pub fn from_ggml(g: GgmlDType) -> Option<Self> {
+        match g {
+            GgmlDType::Q8_0 => Some(Quant::Q8_0),
+            GgmlDType::Q6K => Some(Quant::Q6K),
+            GgmlDType::Q4K => Some(Quant::Q4K),
+            _ => None,
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "q8_0" => Some(Quant::Q8_0),

@@ -259,7 +259,8 @@ impl Llama {
             cfg: cfg.clone(),
             device: w.device.clone(),
             dtype: w.dtype,
-            quant,
+            // A GGUF carries its own quantization.
+            quant: quant.or_else(|| w.checkpoint().quantization().and_then(Quant::from_ggml)),
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod delta;
+pub mod gguf;
 pub mod layers;
 pub mod llama;
 pub mod plan;
@@ -71,8 +72,20 @@ pub fn read_vision_config(dir: &Path) -> Result<VisionRepoConfig> {
     Ok(cfg)
 }
 
-/// Reads the LLM folder's config.json.
+/// Reads the LLM folder's config.json (or the one a `.gguf` from `ziya-visual quantize` carries).
 pub fn read_llm_config(dir: &Path) -> Result<LlamaConfig> {
+    if weights::is_gguf(dir) {
+        let content = weights::read_gguf(dir)?;
+        let text = weights::gguf_string(&content, gguf::CONFIG_KEY).ok_or_else(|| Error::Config {
+            path: dir.to_path_buf(),
+            msg: "this GGUF has no embedded config.json (only files written by `ziya-visual quantize` are supported)"
+                .into(),
+        })?;
+        let cfg: LlamaConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Config { path: dir.to_path_buf(), msg: e.to_string() })?;
+        cfg.validate(dir)?;
+        return Ok(cfg);
+    }
     let path = dir.join("config.json");
     if !path.is_file() {
         return Err(Error::Config { path, msg: "missing: the LLM folder needs its config.json".into() });
@@ -103,7 +116,7 @@ impl ZiyaVisual {
         let vckpt = Arc::new(Checkpoint::open_dir(&spec.vision_dir, counter.clone())?);
         let lckpt = Arc::new(match &spec.llm_base {
             Some(base) => Checkpoint::open_delta(base, &spec.llm_dir, counter.clone())?,
-            None => Checkpoint::open_dir(&spec.llm_dir, counter.clone())?,
+            None => Checkpoint::open(&spec.llm_dir, counter.clone())?,
         });
         Self::from_checkpoints((vision_config, llm_config), (vckpt, lckpt), spec, &counter)
     }

@@ -35,6 +35,8 @@ impl LoadCounter {
 enum WeightFile {
     Safetensors(MappedSafetensors),
     Pth(candle_core::pickle::PthTensors),
+    /// A GGUF written by `ziya-visual quantize`: quantized tensors load as they are.
+    Gguf(candle_core::quantized::gguf_file::Content),
 }
 
 /// A memory-mapped safetensors file. Each tensor is copied out of the mapping and its pages are
@@ -90,6 +92,8 @@ struct Entry {
     shape: Shape,
     dtype: DType,
     bytes: u64,
+    /// The block format of a quantized tensor (GGUF).
+    quantized: Option<candle_core::quantized::GgmlDType>,
 }
 
 /// All tensors of one model folder, wherever they live.
@@ -120,20 +124,49 @@ impl Checkpoint {
         Self::open_files(dir, &files, counter)
     }
 
-    /// Opens an explicit list of weight files (safetensors or PyTorch pickles, by extension).
+    /// A model folder, or a `.gguf` file written by `ziya-visual quantize`.
+    pub fn open(path: &Path, counter: Arc<LoadCounter>) -> Result<Self> {
+        if is_gguf(path) {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            Self::open_files(dir, &[path.to_path_buf()], counter)
+        } else {
+            Self::open_dir(path, counter)
+        }
+    }
+
+    /// Opens an explicit list of weight files (safetensors, GGUF or PyTorch pickles, by extension).
     pub fn open_files(dir: &Path, paths: &[PathBuf], counter: Arc<LoadCounter>) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut entries = HashMap::new();
         for path in paths {
             let idx = files.len();
             let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
-            let file = if is_safetensors {
+            let file = if is_gguf(path) {
+                let content = read_gguf(path)?;
+                for (name, info) in &content.tensor_infos {
+                    use candle_core::quantized::GgmlDType as G;
+                    let elems = info.shape.elem_count() as u64;
+                    let bytes = elems / info.ggml_dtype.block_size() as u64 * info.ggml_dtype.type_size() as u64;
+                    let (dtype, quantized) = match info.ggml_dtype {
+                        G::F32 => (DType::F32, None),
+                        G::F16 => (DType::F16, None),
+                        G::BF16 => (DType::BF16, None),
+                        q => (DType::F32, Some(q)),
+                    };
+                    entries
+                        .insert(name.clone(), Entry { file: idx, shape: info.shape.clone(), dtype, bytes, quantized });
+                }
+                WeightFile::Gguf(content)
+            } else if is_safetensors {
                 let st = MappedSafetensors::open(path)
                     .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file: {e}")))?;
                 for (name, info) in &st.infos {
                     let shape = Shape::from(info.shape.clone());
                     let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
-                    entries.insert(name.clone(), Entry { file: idx, shape, dtype: st_dtype(info.dtype), bytes });
+                    entries.insert(
+                        name.clone(),
+                        Entry { file: idx, shape, dtype: st_dtype(info.dtype), bytes, quantized: None },
+                    );
                 }
                 WeightFile::Safetensors(st)
             } else {
@@ -142,7 +175,7 @@ impl Checkpoint {
                 for (name, info) in pth.tensor_infos() {
                     let shape = info.layout.shape().clone();
                     let bytes = (shape.elem_count() * info.dtype.size_in_bytes()) as u64;
-                    entries.insert(name.clone(), Entry { file: idx, shape, dtype: info.dtype, bytes });
+                    entries.insert(name.clone(), Entry { file: idx, shape, dtype: info.dtype, bytes, quantized: None });
                 }
                 WeightFile::Pth(pth)
             };
@@ -230,6 +263,13 @@ impl Checkpoint {
                 // SAFETY: see MappedSafetensors::load.
                 unsafe {
                     let _ = st.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
+                }
+                Ok(())
+            }
+            WeightFile::Gguf(_) => {
+                let bytes = tensor_bytes(&self.load_raw(name)?)?;
+                for piece in bytes.chunks(CHUNK) {
+                    f(piece)?;
                 }
                 Ok(())
             }
@@ -331,6 +371,11 @@ impl Checkpoint {
                 .get(name)
                 .map_err(wrap)?
                 .ok_or_else(|| Error::checkpoint(path, format!("tensor `{name}` vanished from the file")))?,
+            WeightFile::Gguf(content) => {
+                let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                let q = content.tensor(&mut f, name, &Device::Cpu).map_err(wrap)?;
+                q.dequantize(&Device::Cpu).map_err(wrap)?.to_dtype(entry.dtype).map_err(wrap)?
+            }
         };
         self.counter.done.fetch_add(entry.bytes, Ordering::Relaxed);
         Ok(tensor)
@@ -339,11 +384,33 @@ impl Checkpoint {
     /// A tensor stored quantized (in a GGUF file), as is; `None` for tensors stored as floats.
     pub fn load_quantized(
         &self,
-        _name: &str,
-        _shape: &Shape,
-        _device: &Device,
+        name: &str,
+        shape: &Shape,
+        device: &Device,
     ) -> Result<Option<candle_core::quantized::QTensor>> {
-        Ok(None)
+        let Some(entry) = self.entries.get(name).filter(|e| e.quantized.is_some()) else { return Ok(None) };
+        let (path, file) = &self.files[entry.file];
+        let WeightFile::Gguf(content) = file else { return Ok(None) };
+        if &entry.shape != shape {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{name}` has shape {:?} but the config implies {:?}", entry.shape.dims(), shape.dims()),
+            ));
+        }
+        if self.counter.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let q = content
+            .tensor(&mut f, name, device)
+            .map_err(|e| Error::checkpoint(path, format!("reading tensor `{name}`: {e}")))?;
+        self.counter.done.fetch_add(entry.bytes, Ordering::Relaxed);
+        Ok(Some(q))
+    }
+
+    /// The block format of the first quantized tensor (a GGUF's quantization).
+    pub fn quantization(&self) -> Option<candle_core::quantized::GgmlDType> {
+        self.entries.values().find_map(|e| e.quantized)
     }
 
     /// Reads one tensor and checks its shape against what the config implies.
@@ -362,6 +429,26 @@ impl Checkpoint {
             }
         }
         self.load(name, dtype, device)
+    }
+}
+
+/// Whether `path` is a GGUF file.
+pub fn is_gguf(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The header (metadata and tensor table) of a GGUF file.
+pub fn read_gguf(path: &Path) -> Result<candle_core::quantized::gguf_file::Content> {
+    let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
+    candle_core::quantized::gguf_file::Content::read(&mut f)
+        .map_err(|e| Error::checkpoint(path, format!("not a readable GGUF file: {e}")))
+}
+
+/// A string from a GGUF's metadata.
+pub fn gguf_string(content: &candle_core::quantized::gguf_file::Content, key: &str) -> Option<String> {
+    match content.metadata.get(key)? {
+        candle_core::quantized::gguf_file::Value::String(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

@@ -527,6 +527,12 @@ impl ZiyaApp {
             }),
             Intent::PickVisionDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::VisionDir)),
             Intent::PickLlmDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmDir)),
+            Intent::PickLlmGguf => self.pick(|| {
+                rfd::FileDialog::new()
+                    .add_filter("GGUF (ziya-visual quantize)", &["gguf"])
+                    .pick_file()
+                    .map(Picked::LlmDir)
+            }),
             Intent::PickLlmBaseDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmBaseDir)),
             Intent::LoadModel => {
                 let p = &self.state.prefs;

@@ -128,6 +128,7 @@ pub enum Intent {
     PickVisionDir,
     PickLlmDir,
     PickLlmBaseDir,
+    PickLlmGguf,
     LoadModel,
     UseDemoModel,
     CancelLoad,

@@ -242,6 +242,9 @@ fn model_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
             if ui.button(tr.browse).clicked() {
                 intents.push(Intent::PickLlmDir);
             }
+            if !app.state.prefs.use_delta && ui.button("GGUF…").on_hover_text(tr.gguf_hint).clicked() {
+                intents.push(Intent::PickLlmGguf);
+            }
             ui.add(egui::TextEdit::singleline(&mut app.state.prefs.llm_dir).desired_width(f32::INFINITY))
                 .labelled_by(label.id);
         });
