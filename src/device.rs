@@ -32,6 +32,10 @@ pub fn select_device(name: &str) -> Result<(Device, Option<String>)> {
             if !cfg!(feature = "cuda") {
                 return Ok((Device::Cpu, Some("this build has no CUDA support (build with --features cuda)".into())));
             }
+            #[cfg(feature = "cuda")]
+            if let Err(missing) = cuda_libs::load() {
+                return Ok((Device::Cpu, Some(format!("CUDA is not available: {missing}"))));
+            }
             match Device::new_cuda(0) {
                 Ok(d) => Ok((d, None)),
                 Err(e) => Ok((Device::Cpu, Some(format!("CUDA is not available: {e}")))),
@@ -61,6 +65,140 @@ pub fn effective_dtype(device: &Device, requested: DType) -> (DType, Option<Stri
         );
     }
     (requested, None)
+}
+
+/// The CUDA libraries, opened at run time.
+///
+/// candle links cudarc with `dynamic-linking` (cudarc refuses `dynamic-loading` alongside it),
+/// which would make the driver's libcuda a load-time dependency: a CUDA build started where
+/// there is no NVIDIA driver would die in the dynamic loader before `main`. scripts/build-cuda.sh
+/// therefore links with lazy binding (`-C relro-level=partial`, calls through the PLT) and removes
+/// the CUDA libraries from the binary's load-time dependencies; they are opened here, globally,
+/// before anything calls into CUDA, so the lazy binder finds them. If one is missing, the caller
+/// runs on the CPU and says which. (A binary built without the script still links them normally;
+/// opening them again here is then harmless.)
+#[cfg(feature = "cuda")]
+pub mod cuda_libs {
+    use std::sync::OnceLock;
+
+    /// Each library candle's CUDA backend uses, by the sonames CUDA 13 and 12 give it.
+    const LIBS: &[&[&str]] = &[
+        &["libcuda.so.1"],
+        &["libcudart.so.13", "libcudart.so.12"],
+        &["libcublasLt.so.13", "libcublasLt.so.12"],
+        &["libcublas.so.13", "libcublas.so.12"],
+        &["libcurand.so.10"],
+        &["libnvrtc.so.13", "libnvrtc.so.12"],
+    ];
+
+    use std::ffi::{c_char, c_int, c_void};
+
+    pub type RegisterFatBinary = unsafe extern "C" fn(*mut c_void) -> *mut *mut c_void;
+    pub type FatBinaryHandleFn = unsafe extern "C" fn(*mut *mut c_void);
+    pub type RegisterFunction = unsafe extern "C" fn(
+        *mut *mut c_void,
+        *const c_char,
+        *mut c_char,
+        *const c_char,
+        c_int,
+        *mut c_void,
+        *mut c_void,
+        *mut c_void,
+        *mut c_void,
+        *mut c_int,
+    );
+    pub type RegisterVar =
+        unsafe extern "C" fn(*mut *mut c_void, *mut c_char, *mut c_char, *const c_char, c_int, usize, c_int, c_int);
+
+    /// The CUDA runtime's registration entry points, which code compiled by nvcc calls from
+    /// static constructors before `main`. The binary defines those symbols itself (see main.rs)
+    /// and forwards to these when libcudart can be opened; without it they do nothing, the
+    /// kernels they register can never run, and `load` reports the runtime missing.
+    pub struct Runtime {
+        pub register_fat_binary: RegisterFatBinary,
+        pub register_fat_binary_end: FatBinaryHandleFn,
+        pub unregister_fat_binary: FatBinaryHandleFn,
+        pub register_function: RegisterFunction,
+        pub register_var: RegisterVar,
+    }
+
+    /// libcudart's registration functions, if it can be opened (tried once, at the first call).
+    pub fn runtime() -> Option<&'static Runtime> {
+        static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
+        RUNTIME
+            .get_or_init(|| {
+                for name in ["libcudart.so.13", "libcudart.so.12"] {
+                    // SAFETY: see `load`.
+                    let Ok(lib) = (unsafe {
+                        libloading::os::unix::Library::open(
+                            Some(name),
+                            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                        )
+                    }) else {
+                        continue;
+                    };
+                    // SAFETY: the signatures are those of crt/host_runtime.h.
+                    let rt = unsafe {
+                        Runtime {
+                            register_fat_binary: *lib.get(b"__cudaRegisterFatBinary\0").ok()?,
+                            register_fat_binary_end: *lib.get(b"__cudaRegisterFatBinaryEnd\0").ok()?,
+                            unregister_fat_binary: *lib.get(b"__cudaUnregisterFatBinary\0").ok()?,
+                            register_function: *lib.get(b"__cudaRegisterFunction\0").ok()?,
+                            register_var: *lib.get(b"__cudaRegisterVar\0").ok()?,
+                        }
+                    };
+                    std::mem::forget(lib); // the function pointers stay valid for the process
+                    return Some(rt);
+                }
+                None
+            })
+            .as_ref()
+    }
+
+    /// Opens the CUDA libraries once; the error names the first that cannot be found.
+    pub fn load() -> Result<(), String> {
+        static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+        LOADED
+            .get_or_init(|| {
+                for names in LIBS {
+                    let mut last = String::new();
+                    let opened = names.iter().find_map(|name| {
+                        // SAFETY: loading a shared library runs its initialisers; these are
+                        // NVIDIA's CUDA libraries, loaded as the CUDA runtime itself loads them.
+                        match unsafe {
+                            libloading::os::unix::Library::open(
+                                Some(name),
+                                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                            )
+                        } {
+                            Ok(lib) => Some(lib),
+                            Err(e) => {
+                                last = e.to_string();
+                                None
+                            }
+                        }
+                    });
+                    match opened {
+                        // Kept open for the life of the process: CUDA calls bind to it lazily.
+                        Some(lib) => std::mem::forget(lib),
+                        None if names[0] == "libcuda.so.1" => {
+                            return Err(format!("the NVIDIA driver's {} cannot be loaded ({last})", names[0]))
+                        }
+                        None => {
+                            return Err(format!(
+                                "the CUDA library {} cannot be loaded ({last}); add the CUDA 13 libraries to LD_LIBRARY_PATH",
+                                names.join(" or ")
+                            ))
+                        }
+                    }
+                }
+                if runtime().is_none() {
+                    return Err("the CUDA runtime (libcudart.so.13) cannot be loaded; add the CUDA 13 libraries to LD_LIBRARY_PATH".into());
+                }
+                Ok(())
+            })
+            .clone()
+    }
 }
 
 pub fn device_name(device: &Device) -> &'static str {

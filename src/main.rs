@@ -39,3 +39,85 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// The CUDA runtime's registration entry points, defined here (the binary's own object is always
+/// linked, so nvcc-compiled constructors bind to these) and forwarded to libcudart when it can be
+/// opened. This keeps a CUDA build startable where there is no CUDA: see
+/// `ziya_visual::device::cuda_libs`.
+#[cfg(feature = "cuda")]
+mod cuda_registration {
+    use std::ffi::{c_char, c_int, c_void};
+    use ziya_visual::device::cuda_libs::runtime;
+
+    /// Handed out instead of a real handle when there is no CUDA runtime.
+    static mut NO_RUNTIME_HANDLE: *mut c_void = std::ptr::null_mut();
+
+    #[no_mangle]
+    pub unsafe extern "C" fn __cudaRegisterFatBinary(fat_cubin: *mut c_void) -> *mut *mut c_void {
+        match runtime() {
+            Some(rt) => (rt.register_fat_binary)(fat_cubin),
+            None => std::ptr::addr_of_mut!(NO_RUNTIME_HANDLE),
+        }
+    }
+
+    #[no_mangle]
+    pub unsafe extern "C" fn __cudaRegisterFatBinaryEnd(handle: *mut *mut c_void) {
+        if let Some(rt) = runtime() {
+            (rt.register_fat_binary_end)(handle)
+        }
+    }
+
+    #[no_mangle]
+    pub unsafe extern "C" fn __cudaUnregisterFatBinary(handle: *mut *mut c_void) {
+        if let Some(rt) = runtime() {
+            (rt.unregister_fat_binary)(handle)
+        }
+    }
+
+    #[no_mangle]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe extern "C" fn __cudaRegisterFunction(
+        handle: *mut *mut c_void,
+        host_fun: *const c_char,
+        device_fun: *mut c_char,
+        device_name: *const c_char,
+        thread_limit: c_int,
+        tid: *mut c_void,
+        bid: *mut c_void,
+        b_dim: *mut c_void,
+        g_dim: *mut c_void,
+        w_size: *mut c_int,
+    ) {
+        if let Some(rt) = runtime() {
+            (rt.register_function)(
+                handle,
+                host_fun,
+                device_fun,
+                device_name,
+                thread_limit,
+                tid,
+                bid,
+                b_dim,
+                g_dim,
+                w_size,
+            )
+        }
+    }
+
+    #[no_mangle]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe extern "C" fn __cudaRegisterVar(
+        handle: *mut *mut c_void,
+        host_var: *mut c_char,
+        device_address: *mut c_char,
+        device_name: *const c_char,
+        ext: c_int,
+        size: usize,
+        constant: c_int,
+        global: c_int,
+    ) {
+        if let Some(rt) = runtime() {
+            (rt.register_var)(handle, host_var, device_address, device_name, ext, size, constant, global)
+        }
+    }
+}
