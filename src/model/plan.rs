@@ -11,9 +11,11 @@ use super::config::{LlamaConfig, VisionRepoConfig};
 use super::layers::Quant;
 use super::shapes::{llm_tensors, projection_tensors, vision_tensors};
 
-/// What the program itself takes besides the model (code, tokenizer, allocator, one image):
-/// measured as the peak RSS of `ask` on the tiny checkpoint, rounded up.
-pub const RUNTIME_BYTES: u64 = 96 << 20;
+/// What the program itself takes besides the model (code, tokenizer, allocator, an image):
+/// `ask` on the tiny checkpoint peaks at 29 MB; 64 MB leaves room for allocator slack, which on
+/// the medium random model brings every estimate to at or above the measured peak. (The window's
+/// own memory is already in use when it plans, so free memory has accounted for it.)
+pub const RUNTIME_BYTES: u64 = 64 << 20;
 
 /// Positions a KV-cache buffer grows by (see `model::llama`).
 const CACHE_STEP: usize = 256;
