@@ -214,3 +214,62 @@ fn the_chinese_interface_renders_without_system_cjk_fonts() {
     // Shown in the chat and, as the conversation's title, in the sidebar.
     assert_eq!(h.query_all_by_label("这张图片里有什么？请讲一个故事。").count(), 2);
 }
+
+/// eframe's storage as the app sees it (eframe keeps it in a RON file between runs).
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.into(), value);
+    }
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+    fn flush(&mut self) {}
+}
+
+#[test]
+fn folders_and_settings_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let sampling = SamplingParams {
+        temperature: 0.3,
+        top_p: 0.8,
+        top_k: 7,
+        max_new_tokens: 77,
+        repeat_penalty: 1.1,
+        seed: Some(5),
+        ..greedy(1)
+    };
+    let mut first = options(data.path(), sampling.clone(), true);
+    first.fresh = false; // eframe gives kittest no storage, so this starts from defaults
+    first.lang = Some(Lang::Zh);
+    first.quant = Some(ziya_visual::model::layers::Quant::Q8_0);
+    let mut h = harness(first);
+    h.step();
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(h.state_mut(), &mut storage);
+    let saved = h.state().state.prefs.clone();
+    drop(h);
+    assert_eq!(saved.vision_dir, vision_dir().display().to_string());
+    assert_eq!(saved.llm_dir, llm_dir().display().to_string());
+
+    // A new start with no flags: everything comes back from storage.
+    let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
+    let second = AppOptions { data_dir: Some(data.path().to_path_buf()), ..Default::default() };
+    let mut h = Harness::builder().with_size([1200.0, 800.0]).build_eframe(move |cc| {
+        cc.storage = Some(storage);
+        ZiyaApp::new(cc, second)
+    });
+    h.step();
+    let restored = &h.state().state.prefs;
+    assert_eq!(restored, &saved);
+    assert_eq!(restored.sampling, sampling);
+    assert_eq!(restored.lang, Some(Lang::Zh));
+    assert_eq!(restored.quant, "q8_0");
+    // And the window speaks the remembered language.
+    h.get_by_label("▶ 发送");
+}

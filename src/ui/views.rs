@@ -366,11 +366,13 @@ fn settings_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
         ui.add(egui::Slider::new(&mut s.repeat_penalty, 1.0..=2.0).text(tr.repeat_penalty));
         ui.horizontal(|ui| {
             let mut fixed = s.seed.is_some();
-            if ui.checkbox(&mut fixed, tr.fixed_seed).changed() {
+            let checkbox = ui.checkbox(&mut fixed, tr.fixed_seed);
+            if checkbox.changed() {
                 s.seed = fixed.then_some(42);
             }
             if let Some(seed) = s.seed.as_mut() {
-                ui.add(egui::DragValue::new(seed));
+                // Named by the checkbox, so screen readers announce what the number is.
+                ui.add(egui::DragValue::new(seed)).labelled_by(checkbox.id);
             }
         });
         if ui.button(tr.reset_defaults).clicked() {
