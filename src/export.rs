@@ -75,18 +75,6 @@ fn model_line(session: &Session) -> String {
     }
 }
 
-fn extension(mime: &str) -> &'static str {
-    match mime {
-        "image/jpeg" => "jpg",
-        "image/png" => "png",
-        "image/webp" => "webp",
-        "image/gif" => "gif",
-        "image/bmp" => "bmp",
-        "image/tiff" => "tiff",
-        _ => "bin",
-    }
-}
-
 /// Writes `<parent>/<title>/conversation.md` and its images beside it; returns the .md path.
 pub fn write_markdown(session: &Session, parent: &Path) -> Result<PathBuf> {
     let folder = parent.join(file_stem_from(&session.title));
@@ -101,7 +89,7 @@ pub fn write_markdown(session: &Session, parent: &Path) -> Result<PathBuf> {
             match session.images.get(hash) {
                 Some(img) => match &img.bytes {
                     Some(bytes) => {
-                        let file = format!("{hash}.{}", extension(&img.mime));
+                        let file = format!("{hash}.{}", crate::session::extension_of(&img.mime));
                         write_atomic(&images_dir.join(&file), bytes)?;
                         let _ = writeln!(md, "![{}](images/{file})\n", img.name.replace(']', "\\]"));
                     }

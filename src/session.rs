@@ -210,7 +210,8 @@ pub fn mime_of(bytes: &[u8]) -> &'static str {
     }
 }
 
-fn extension_of(mime: &str) -> &'static str {
+/// The file extension the session store (and exports) give an image of this type.
+pub(crate) fn extension_of(mime: &str) -> &'static str {
     match mime {
         "image/jpeg" => "jpg",
         "image/png" => "png",
