@@ -6,73 +6,28 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use common::app::*;
 use common::*;
-use egui::Key;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use ziya_visual::sampling::SamplingParams;
-use ziya_visual::ui::i18n::Lang;
-use ziya_visual::ui::state::{Intent, ModelStatus};
-use ziya_visual::ui::{AppOptions, ZiyaApp, COMPOSER_ID};
+use ziya_visual::ui::state::Intent;
+use ziya_visual::ui::ZiyaApp;
 
-#[derive(Debug)]
-struct DroppedPath(PathBuf);
-
-impl egui::DroppedFile for DroppedPath {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn bytes(&self) -> Result<Vec<u8>, String> {
-        std::fs::read(&self.0).map_err(|e| e.to_string())
-    }
-}
-
+/// The app with the tiny checkpoint loaded.
 fn app(data: &Path, sampling: SamplingParams) -> Harness<'static, ZiyaApp> {
-    let opts = AppOptions {
-        data_dir: Some(data.to_path_buf()),
-        vision_model: Some(vision_dir()),
-        llm_model: Some(llm_dir()),
-        lang: Some(Lang::En),
-        sampling: Some(sampling),
-        fresh: true,
-        ..Default::default()
-    };
-    let mut h = Harness::builder().with_size([1200.0, 800.0]).build_eframe(move |cc| ZiyaApp::new(cc, opts));
-    step_until(&mut h, "the model", |a| match &a.state.model {
-        ModelStatus::Ready(_) => true,
-        ModelStatus::Failed(e) => panic!("{e}"),
-        _ => false,
-    });
+    let mut h = harness(options(data, sampling, true));
+    wait_ready(&mut h);
     h
-}
-
-fn step_until(h: &mut Harness<'_, ZiyaApp>, what: &str, mut done: impl FnMut(&ZiyaApp) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done(h.state()) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    h.step();
 }
 
 /// Attaches `images`, types `query`, presses Enter and waits for the answer.
 fn ask_in_app(h: &mut Harness<'_, ZiyaApp>, images: &[PathBuf], query: &str) {
-    for f in images {
-        h.input_mut().dropped_files.push(Arc::new(DroppedPath(f.clone())));
-    }
-    h.step();
+    drop_files(h, images);
     let n = images.len();
     step_until(h, "attachments", |a| a.state.composer.attachments.iter().filter(|x| x.image.is_some()).count() == n);
-    h.ctx.memory_mut(|m| m.request_focus(egui::Id::unique(COMPOSER_ID)));
-    h.step();
-    h.event(egui::Event::Text(query.to_string()));
-    h.key_press(Key::Enter);
-    h.step();
+    type_and_enter(h, query);
     step_until(h, "the answer", |a| a.state.pending.is_none());
 }
 
@@ -80,10 +35,6 @@ fn turn_spec(i: usize) -> (Vec<PathBuf>, String, usize, Vec<u32>) {
     let t = &cases()["cases"]["three_turn"][i];
     let images = t["images"].as_array().unwrap().iter().map(|n| image_path(n.as_str().unwrap())).collect();
     (images, t["query"].as_str().unwrap().into(), t["max_new_tokens"].as_u64().unwrap() as usize, ids(&t["token_ids"]))
-}
-
-fn greedy(n: usize) -> SamplingParams {
-    SamplingParams { temperature: 0.0, max_new_tokens: n, ..Default::default() }
 }
 
 #[test]
@@ -101,12 +52,7 @@ fn app_and_ask_continue_each_others_sessions_with_the_reference_ids() {
     // Turn 2 through `ask --session` on the app's file.
     let (_, query, n, want) = turn_spec(1);
     let ask_file = data.path().join("from-ask.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
-        .arg("ask")
-        .arg("--vision-model")
-        .arg(vision_dir())
-        .arg("--llm-model")
-        .arg(llm_dir())
+    let out = ask_tiny()
         .args(["--temperature", "0", "--max-new-tokens", &n.to_string(), "--json", "--session"])
         .arg(&app_file)
         .arg("--save-session")
@@ -121,8 +67,7 @@ fn app_and_ask_continue_each_others_sessions_with_the_reference_ids() {
     // Turn 3 back in the app, on the file `ask` wrote (opened by dropping it on the window).
     let (images, query, n, want) = turn_spec(2);
     h.state_mut().state.prefs.sampling = greedy(n);
-    h.input_mut().dropped_files.push(Arc::new(DroppedPath(ask_file.clone())));
-    h.step();
+    drop_files(&mut h, std::slice::from_ref(&ask_file));
     step_until(&mut h, "the dropped session to open", |a| a.state.session.active_path().len() == 2);
     ask_in_app(&mut h, &images, &query);
     let path = h.state().state.session.active_path().iter().map(|t| t.token_ids.clone()).collect::<Vec<_>>();
@@ -183,12 +128,7 @@ fn regenerate_and_edit_make_versions_to_switch_between() {
 fn a_session_whose_image_is_gone_opens_and_names_it() {
     let data = tempfile::tempdir().unwrap();
     let file = data.path().join("kept.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
-        .arg("ask")
-        .arg("--vision-model")
-        .arg(vision_dir())
-        .arg("--llm-model")
-        .arg(llm_dir())
+    let out = ask_tiny()
         .args(["--temperature", "0", "--max-new-tokens", "4", "--image"])
         .arg(image_path("photo_odd.png"))
         .arg("--save-session")

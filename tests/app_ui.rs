@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
+use common::app::*;
 use common::*;
 use egui::{Key, Modifiers};
 use egui_kittest::kittest::{NodeT, Queryable};
@@ -15,75 +14,8 @@ use egui_kittest::Harness;
 use ziya_visual::inference::StopReason;
 use ziya_visual::sampling::SamplingParams;
 use ziya_visual::ui::i18n::Lang;
-use ziya_visual::ui::state::{ModelStatus, NoticeKind};
+use ziya_visual::ui::state::NoticeKind;
 use ziya_visual::ui::{AppOptions, ZiyaApp};
-
-#[derive(Debug)]
-struct DroppedPath(PathBuf);
-
-impl egui::DroppedFile for DroppedPath {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn bytes(&self) -> Result<Vec<u8>, String> {
-        std::fs::read(&self.0).map_err(|e| e.to_string())
-    }
-}
-
-fn options(data: &Path, sampling: SamplingParams, with_model: bool) -> AppOptions {
-    AppOptions {
-        data_dir: Some(data.to_path_buf()),
-        vision_model: with_model.then(vision_dir),
-        llm_model: with_model.then(llm_dir),
-        lang: Some(Lang::En),
-        sampling: Some(sampling),
-        fresh: true,
-        ..Default::default()
-    }
-}
-
-fn harness(opts: AppOptions) -> Harness<'static, ZiyaApp> {
-    Harness::builder().with_size([1200.0, 800.0]).build_eframe(move |cc| ZiyaApp::new(cc, opts))
-}
-
-/// Steps the app (as frames would) until `done` holds.
-fn step_until(h: &mut Harness<'_, ZiyaApp>, what: &str, mut done: impl FnMut(&ZiyaApp) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done(h.state()) {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    h.step();
-}
-
-fn wait_ready(h: &mut Harness<'_, ZiyaApp>) {
-    step_until(h, "the model to load", |a| match &a.state.model {
-        ModelStatus::Ready(_) => true,
-        ModelStatus::Failed(e) => panic!("load failed: {e}"),
-        _ => false,
-    });
-}
-
-fn drop_files(h: &mut Harness<'_, ZiyaApp>, files: &[PathBuf]) {
-    for f in files {
-        h.input_mut().dropped_files.push(Arc::new(DroppedPath(f.clone())));
-    }
-    h.step();
-}
-
-fn type_and_enter(h: &mut Harness<'_, ZiyaApp>, text: &str) {
-    h.ctx.memory_mut(|m| m.request_focus(egui::Id::unique(ziya_visual::ui::COMPOSER_ID)));
-    h.step();
-    h.event(egui::Event::Text(text.to_string()));
-    h.step();
-    h.key_press(Key::Enter);
-    h.step();
-}
-
-fn greedy(max_new_tokens: usize) -> SamplingParams {
-    SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
-}
 
 #[test]
 fn dropped_images_and_enter_give_the_same_streamed_answer_as_ask() {
@@ -131,8 +63,7 @@ fn dropped_images_and_enter_give_the_same_streamed_answer_as_ask() {
     assert_eq!(answer.images.len(), 2);
 
     // The same turn through `ask`.
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ziya-visual"));
-    cmd.arg("ask").arg("--vision-model").arg(vision_dir()).arg("--llm-model").arg(llm_dir());
+    let mut cmd = ask_tiny();
     cmd.args(["--temperature", "0", "--max-new-tokens", &max_new.to_string(), "--json"]);
     for i in &images {
         cmd.arg("--image").arg(i);

@@ -4,21 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
 
 fn ask(extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
-        .arg("ask")
-        .arg("--vision-model")
-        .arg(vision_dir())
-        .arg("--llm-model")
-        .arg(llm_dir())
-        .args(extra)
-        .output()
-        .expect("binary runs")
+    ask_tiny().args(extra).output().expect("binary runs")
 }
 
 fn ok_json(out: &Output) -> Value {
@@ -146,15 +138,7 @@ fn errors_are_one_line_and_name_the_culprit() {
     fails_naming(&ask(&["--top-p", "0", "q"]), &["top_p"]);
     fails_naming(&ask(&["--session", "/nonexistent/s.json", "q"]), &["/nonexistent/s.json"]);
 
-    let swapped = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
-        .args(["ask", "--vision-model"])
-        .arg(llm_dir())
-        .arg("--llm-model")
-        .arg(vision_dir())
-        .arg("q")
-        .output()
-        .unwrap();
-    fails_naming(&swapped, &["swapped"]);
+    fails_naming(&ask_with(&llm_dir(), &vision_dir()), &["swapped"]);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -166,15 +150,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn ask_with(vision: &Path, llm: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
-        .arg("ask")
-        .arg("--vision-model")
-        .arg(vision)
-        .arg("--llm-model")
-        .arg(llm)
-        .arg("q")
-        .output()
-        .unwrap()
+    ask_with_models(vision, llm).arg("q").output().unwrap()
 }
 
 #[test]
@@ -250,7 +226,7 @@ fn a_truncated_safetensors_file_is_reported_by_name() {
 }
 
 fn plan_total(extra: &[&str]) -> u64 {
-    let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+    let out = bin()
         .args(["plan", "--vision-model"])
         .arg(vision_dir())
         .arg("--llm-model")
@@ -274,17 +250,7 @@ fn a_model_that_does_not_fit_is_refused_before_loading_with_a_quantization_that_
     assert!(q4k < f32);
     let limit = (f32 + q4k) / 2;
     let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
-            .env("ZIYA_VISUAL_MEMORY_LIMIT", limit.to_string())
-            .arg("ask")
-            .arg("--vision-model")
-            .arg(vision_dir())
-            .arg("--llm-model")
-            .arg(llm_dir())
-            .args(extra)
-            .arg("q")
-            .output()
-            .unwrap()
+        ask_tiny().env("ZIYA_VISUAL_MEMORY_LIMIT", limit.to_string()).args(extra).arg("q").output().unwrap()
     };
     fails_naming(&run(&["--max-new-tokens", "400"]), &["needs about", "is free", "with --quant"]);
     let ok = run(&["--max-new-tokens", "400", "--quant", "q4k"]);

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -17,7 +16,7 @@ fn delta_dirs() -> (PathBuf, PathBuf) {
 }
 
 fn ask(llm: &[&std::ffi::OsStr]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+    let out = bin()
         .arg("ask")
         .arg("--vision-model")
         .arg(vision_dir())
@@ -47,7 +46,7 @@ fn sha256_f16_bytes(path: &Path, name: &str) -> String {
 fn merge_delta_writes_base_plus_delta_bit_for_bit() {
     let (base, delta) = delta_dirs();
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+    let status = bin()
         .args(["merge-delta", "--base"])
         .arg(&base)
         .arg("--delta")
@@ -118,7 +117,7 @@ fn a_base_that_does_not_match_the_delta_is_named() {
         (&missing, vec!["model.layers.1.mlp.up_proj.weight", "missing from the base"]),
         (&reshaped, vec!["model.layers.0.self_attn.o_proj.weight", "shape"]),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+        let out = bin()
             .arg("ask")
             .arg("--vision-model")
             .arg(vision_dir())

@@ -6,14 +6,9 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
-}
 
 fn quantize(args: &[&OsStr], out: &Path) {
     let o = bin().arg("quantize").args(args).arg("--out").arg(out).output().unwrap();

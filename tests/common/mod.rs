@@ -1,8 +1,11 @@
 //! Paths and readers for the committed fixtures (see tests/fixtures/make_fixtures.py).
 #![allow(dead_code)]
 
+pub mod app;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -21,6 +24,23 @@ pub fn fixtures() -> PathBuf {
 }
 pub fn image_path(name: &str) -> PathBuf {
     fixtures().join("images").join(name)
+}
+
+/// The `ziya-visual` binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ziya-visual"))
+}
+
+/// `ziya-visual ask` with these two model folders; add flags and the query.
+pub fn ask_with_models(vision: &Path, llm: &Path) -> Command {
+    let mut c = bin();
+    c.arg("ask").arg("--vision-model").arg(vision).arg("--llm-model").arg(llm);
+    c
+}
+
+/// `ziya-visual ask` on the committed tiny checkpoint.
+pub fn ask_tiny() -> Command {
+    ask_with_models(&vision_dir(), &llm_dir())
 }
 
 pub fn cases() -> Value {
