@@ -61,7 +61,7 @@ fn settings_line(turn: &Turn) -> String {
     }
     if let Some(st) = &turn.stats {
         parts.push(format!("{} tokens", st.generated_tokens));
-        if st.stop == crate::inference::StopReason::Cancelled {
+        if st.was_stopped() {
             parts.push("stopped".into());
         }
     }

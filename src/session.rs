@@ -65,6 +65,19 @@ pub struct TurnStats {
     pub timings: Timings,
 }
 
+impl TurnStats {
+    /// Whether the answer was stopped early by the user.
+    pub fn was_stopped(&self) -> bool {
+        self.stop == StopReason::Cancelled
+    }
+
+    /// Decode speed, as `Generation::tokens_per_second` gives it while answering.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        (self.timings.decode_s > 0.0 && self.generated_tokens > 1)
+            .then(|| (self.generated_tokens - 1) as f64 / self.timings.decode_s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ImageEntry {
     name: String,

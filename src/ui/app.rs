@@ -443,6 +443,12 @@ impl ZiyaApp {
                 }
                 let query = std::mem::take(&mut self.state.composer.text).trim_end().to_string();
                 let attachments = std::mem::take(&mut self.state.composer.attachments);
+                // The composer's thumbnails become the chat's: the images are not decoded again.
+                for a in &attachments {
+                    if let (Some(img), Some(tex)) = (&a.image, self.attachment_thumbs.remove(&a.key)) {
+                        self.thumbs.entry(img.hash.clone()).or_insert(Thumb::Ready(tex));
+                    }
+                }
                 let images: Vec<ImageData> = attachments.into_iter().filter_map(|a| a.image).collect();
                 self.attachment_thumbs.clear();
                 self.start_generation(self.state.session.active_leaf, query, images);
@@ -735,7 +741,10 @@ impl eframe::App for ZiyaApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.pump();
-        self.frame_stats.tick(self.state.is_loading(), self.state.is_busy());
+        if self.frame_log.is_some() {
+            // Kept only when asked for: every busy frame adds one entry.
+            self.frame_stats.tick(self.state.is_loading(), self.state.is_busy());
+        }
         let mut intents = Vec::new();
         self.collect_input(&ctx, &mut intents);
         views::show(ui, self, &mut intents);

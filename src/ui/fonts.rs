@@ -17,9 +17,9 @@ struct BundledCjk {
 
 impl FontProvider for BundledCjk {
     fn font_for(&self, request: &FallbackRequest<'_>) -> Option<FontInsert> {
-        let ch = request.cluster.chars().next()?;
-        let font = FontRef::new(BUNDLED_CJK).ok()?;
-        font.charmap().map(ch)?;
+        if !bundled_covers(request.cluster.chars().next()?) {
+            return None;
+        }
         let families = [FontFamily::Proportional, FontFamily::Monospace]
             .into_iter()
             .map(|family| InsertFontFamily { family, priority: FontPriority::Lowest })
@@ -33,7 +33,7 @@ pub fn install(ctx: &egui::Context) {
     ctx.add_font_provider(Arc::new(BundledCjk { data: FontData::from_static(BUNDLED_CJK) }));
 }
 
-/// Whether the bundled font can draw `ch` (for tests and diagnostics).
+/// Whether the bundled font can draw `ch`.
 pub fn bundled_covers(ch: char) -> bool {
     FontRef::new(BUNDLED_CJK).ok().and_then(|f| f.charmap().map(ch)).is_some()
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat::ImageData;
 use crate::engine::{Event, ModelSummary, RequestId};
-use crate::inference::{Generation, StopReason};
+use crate::inference::Generation;
 use crate::sampling::SamplingParams;
 use crate::session::{NewTurn, Session, TurnId, TurnStats};
 use crate::ui::i18n::{fill, Lang, Tr};
@@ -315,10 +315,5 @@ impl AppState {
                 stats: Some(stats),
             },
         );
-    }
-
-    /// Whether a turn's answer was stopped early.
-    pub fn was_stopped(stats: &Option<TurnStats>) -> bool {
-        stats.as_ref().is_some_and(|s| s.stop == StopReason::Cancelled)
     }
 }

@@ -1,12 +1,14 @@
 //! Rendering: every function here draws state and pushes intents; none changes what is shown
 //! except through form fields bound to the state (text being typed, settings).
 
+use std::collections::HashMap;
+
 use egui::{Align, Color32, Key, Layout, RichText, ScrollArea, Ui, Vec2};
 
-use crate::session::{Turn, TurnId};
+use crate::session::{Turn, TurnId, TurnStats};
 use crate::ui::app::{Thumb, ZiyaApp};
 use crate::ui::i18n::{fill, Lang};
-use crate::ui::state::{Intent, ModelStatus, NoticeKind};
+use crate::ui::state::{AppState, Intent, ModelStatus, NoticeKind};
 
 const THUMB_IN_CHAT: f32 = 120.0;
 const THUMB_IN_COMPOSER: f32 = 72.0;
@@ -389,22 +391,21 @@ fn settings_panel(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
     });
 }
 
-/// A row of image thumbnails for the given content hashes.
-fn thumbnails(ui: &mut Ui, app: &mut ZiyaApp, hashes: &[String], size: f32) {
+/// Draws thumbnails already asked for (a spinner while one is still being decoded).
+fn draw_thumbnails(ui: &mut Ui, state: &AppState, thumbs: &HashMap<String, Thumb>, hashes: &[String], size: f32) {
     if hashes.is_empty() {
         return;
     }
-    let tr = app.state.tr();
+    let tr = state.tr();
     ui.horizontal_wrapped(|ui| {
         for hash in hashes {
-            app.request_thumb(hash);
-            let name = app.state.session.images.get(hash).map(|i| i.name.clone()).unwrap_or_default();
-            match app.thumbs.get(hash) {
+            let name = state.session.images.get(hash).map(|i| i.name.as_str()).unwrap_or_default();
+            match thumbs.get(hash) {
                 Some(Thumb::Ready(tex)) => {
                     let [w, h] = tex.size();
                     let scale = size / w.max(h) as f32;
                     ui.add(egui::Image::new((tex.id(), Vec2::new(w as f32 * scale, h as f32 * scale))))
-                        .on_hover_text(&name);
+                        .on_hover_text(name);
                 }
                 Some(Thumb::Failed(why)) => {
                     ui.label(
@@ -429,13 +430,13 @@ fn bubble(ui: &mut Ui, user: bool, add: impl FnOnce(&mut Ui)) {
     });
 }
 
-fn version_switcher(ui: &mut Ui, app: &ZiyaApp, turn: &Turn, intents: &mut Vec<Intent>) {
-    let (index, count) = app.state.session.version_of(turn.id);
+fn version_switcher(ui: &mut Ui, state: &AppState, turn: &Turn, intents: &mut Vec<Intent>) {
+    let (index, count) = state.session.version_of(turn.id);
     if count < 2 {
         return;
     }
-    let siblings: Vec<TurnId> = app.state.session.children(turn.parent).iter().map(|t| t.id).collect();
-    let busy = app.state.is_busy();
+    let siblings: Vec<TurnId> = state.session.children(turn.parent).iter().map(|t| t.id).collect();
+    let busy = state.is_busy();
     if ui.add_enabled(!busy && index > 0, egui::Button::new("‹").small()).clicked() {
         intents.push(Intent::SwitchVersion(siblings[index - 1]));
     }
@@ -447,41 +448,53 @@ fn version_switcher(ui: &mut Ui, app: &ZiyaApp, turn: &Turn, intents: &mut Vec<I
 
 fn chat(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
     let tr = app.state.tr();
-    let turns: Vec<Turn> = app.state.session.active_path().into_iter().cloned().collect();
     let ready = matches!(app.state.model, ModelStatus::Ready(_));
     let busy = app.state.is_busy();
+    // Thumbnails not yet asked for are asked for here, so that drawing below can borrow the
+    // conversation in place (this runs every frame: nothing in it is copied).
+    let path: Vec<TurnId> = app.state.session.active_path().iter().map(|t| t.id).collect();
+    let unrequested: Vec<String> = {
+        let session = &app.state.session;
+        let path_images = path.iter().filter_map(|&id| session.turn(id)).flat_map(|t| &t.images);
+        let pending_images = app.state.pending.iter().flat_map(|p| p.images.iter().map(|i| &i.hash));
+        path_images.chain(pending_images).filter(|h| !app.thumbs.contains_key(*h)).cloned().collect()
+    };
+    for hash in &unrequested {
+        app.request_thumb(hash);
+    }
+    let ZiyaApp { state, thumbs, markdown, .. } = app;
     ScrollArea::vertical().auto_shrink([false, false]).stick_to_bottom(true).show(ui, |ui| {
         ui.set_width(ui.available_width());
-        if turns.is_empty() && app.state.pending.is_none() {
+        if path.is_empty() && state.pending.is_none() {
             ui.add_space(40.0);
             ui.vertical_centered(|ui| {
                 ui.label(RichText::new(tr.composer_hint).weak());
             });
         }
-        let editing_turn = app.state.editing.as_ref().map(|e| e.turn);
-        for turn in &turns {
+        for &id in &path {
             // The question.
-            bubble(ui, true, |ui| {
-                if editing_turn == Some(turn.id) {
-                    edit_box(ui, app, intents);
-                    return;
-                }
-                thumbnails(ui, app, &turn.images, THUMB_IN_CHAT);
-                ui.label(displayable(&turn.query));
-                ui.horizontal(|ui| {
-                    if ui.add_enabled(!busy, egui::Button::new(tr.edit).small()).clicked() {
-                        intents.push(Intent::StartEdit(turn.id));
-                    }
-                    if ui.add_enabled(!busy, egui::Button::new(tr.delete).small()).clicked() {
-                        intents.push(Intent::DeleteTurn(turn.id));
-                    }
+            if state.editing.as_ref().is_some_and(|e| e.turn == id) {
+                bubble(ui, true, |ui| edit_box(ui, state, thumbs, intents));
+            } else if let Some(turn) = state.session.turn(id) {
+                bubble(ui, true, |ui| {
+                    draw_thumbnails(ui, state, thumbs, &turn.images, THUMB_IN_CHAT);
+                    ui.label(displayable(&turn.query));
+                    ui.horizontal(|ui| {
+                        if ui.add_enabled(!busy, egui::Button::new(tr.edit).small()).clicked() {
+                            intents.push(Intent::StartEdit(turn.id));
+                        }
+                        if ui.add_enabled(!busy, egui::Button::new(tr.delete).small()).clicked() {
+                            intents.push(Intent::DeleteTurn(turn.id));
+                        }
+                    });
                 });
-            });
+            }
             ui.add_space(4.0);
             // The answer.
+            let Some(turn) = state.session.turn(id) else { continue };
             bubble(ui, false, |ui| {
-                egui_commonmark::CommonMarkViewer::new().show(ui, &mut app.markdown, &displayable(&turn.answer));
-                if crate::ui::state::AppState::was_stopped(&turn.stats) {
+                egui_commonmark::CommonMarkViewer::new().show(ui, markdown, &displayable(&turn.answer));
+                if turn.stats.as_ref().is_some_and(TurnStats::was_stopped) {
                     ui.label(RichText::new(tr.stopped).weak().italics());
                 }
                 ui.horizontal(|ui| {
@@ -491,13 +504,9 @@ fn chat(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
                     if ui.add_enabled(!busy && ready, egui::Button::new(tr.regenerate)).clicked() {
                         intents.push(Intent::Regenerate(turn.id));
                     }
-                    version_switcher(ui, app, turn, intents);
+                    version_switcher(ui, state, turn, intents);
                     if let Some(stats) = &turn.stats {
-                        let tps = if stats.timings.decode_s > 0.0 && stats.generated_tokens > 1 {
-                            format!(" · {:.1} tok/s", (stats.generated_tokens - 1) as f64 / stats.timings.decode_s)
-                        } else {
-                            String::new()
-                        };
+                        let tps = stats.tokens_per_second().map(|t| format!(" · {t:.1} tok/s")).unwrap_or_default();
                         ui.label(RichText::new(format!("{} tokens{tps}", stats.generated_tokens)).small().weak());
                     }
                 });
@@ -505,10 +514,10 @@ fn chat(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
             ui.add_space(10.0);
         }
         // The answer being generated.
-        if let Some(p) = app.state.pending.clone() {
+        if let Some(p) = &state.pending {
             let hashes: Vec<String> = p.images.iter().map(|i| i.hash.clone()).collect();
             bubble(ui, true, |ui| {
-                thumbnails(ui, app, &hashes, THUMB_IN_CHAT);
+                draw_thumbnails(ui, state, thumbs, &hashes, THUMB_IN_CHAT);
                 ui.label(displayable(&p.query));
             });
             ui.add_space(4.0);
@@ -519,32 +528,32 @@ fn chat(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
                         ui.label(RichText::new(tr.thinking).weak());
                     });
                 } else {
-                    egui_commonmark::CommonMarkViewer::new().show(ui, &mut app.markdown, &displayable(&p.answer));
+                    egui_commonmark::CommonMarkViewer::new().show(ui, markdown, &displayable(&p.answer));
                 }
             });
         }
     });
 }
 
-fn edit_box(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
-    let tr = app.state.tr();
-    let Some(edit) = app.state.editing.clone() else { return };
+/// The question being edited, in place of its bubble (its images were asked for with the turn's).
+fn edit_box(ui: &mut Ui, state: &mut AppState, thumbs: &HashMap<String, Thumb>, intents: &mut Vec<Intent>) {
+    let tr = state.tr();
+    let Some(edit) = state.editing.clone() else { return };
     ui.horizontal_wrapped(|ui| {
         for (i, hash) in edit.images.iter().enumerate() {
-            thumbnails(ui, app, std::slice::from_ref(hash), THUMB_IN_COMPOSER);
+            draw_thumbnails(ui, state, thumbs, std::slice::from_ref(hash), THUMB_IN_COMPOSER);
             if ui.small_button("×").clicked() {
-                if let Some(e) = app.state.editing.as_mut() {
+                if let Some(e) = state.editing.as_mut() {
                     e.images.remove(i);
                 }
             }
         }
     });
-    if let Some(e) = app.state.editing.as_mut() {
+    if let Some(e) = state.editing.as_mut() {
         ui.add(egui::TextEdit::multiline(&mut e.text).desired_rows(2).desired_width(f32::INFINITY));
     }
     ui.horizontal(|ui| {
-        let ok =
-            !app.state.is_busy() && matches!(app.state.model, ModelStatus::Ready(_)) && !edit.text.trim().is_empty();
+        let ok = !state.is_busy() && matches!(state.model, ModelStatus::Ready(_)) && !edit.text.trim().is_empty();
         if ui.add_enabled(ok, egui::Button::new(tr.save_edit)).clicked() {
             intents.push(Intent::SubmitEdit);
         }
@@ -562,7 +571,12 @@ fn composer(ui: &mut Ui, app: &mut ZiyaApp, intents: &mut Vec<Intent>) {
         ui.horizontal_wrapped(|ui| {
             for a in &app.state.composer.attachments {
                 ui.vertical(|ui| {
-                    match app.attachment_thumbs.get(&a.key) {
+                    // An image given back after a failed answer has its thumbnail in the chat's.
+                    let chat_thumb = a.image.as_ref().and_then(|i| match app.thumbs.get(&i.hash) {
+                        Some(Thumb::Ready(tex)) => Some(tex),
+                        _ => None,
+                    });
+                    match app.attachment_thumbs.get(&a.key).or(chat_thumb) {
                         Some(tex) => {
                             let [w, h] = tex.size();
                             let scale = THUMB_IN_COMPOSER / w.max(h) as f32;
