@@ -314,13 +314,12 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     let turns = session.chat_turns(&args.query, &images)?;
 
     // Size the job before loading anything heavy: the prompt's length needs only the tokenizer.
-    let template = crate::chat::ChatTemplate::from_config(&crate::model::read_vision_config(&args.vision_model)?);
+    let vision_config = crate::model::read_vision_config(&args.vision_model)?;
+    let template = crate::chat::ChatTemplate::from_config(&vision_config);
     let llm_dir = args.llm_model.clone().or_else(|| args.llm_delta.clone()).unwrap_or_default();
     crate::model::read_llm_config(&llm_dir)?; // a wrong folder is named before anything else
     let tokenizer = crate::tokenizer::ChatTokenizer::from_dir(&llm_dir)?;
-    let q = crate::model::read_vision_config(&args.vision_model)?.num_query_tokens;
-    let prompt = crate::chat::Prompt::build(&template, &tokenizer, &turns)?.len(q);
-    drop(tokenizer);
+    let prompt = crate::chat::Prompt::build(&template, &tokenizer, &turns)?.len(vision_config.num_query_tokens);
 
     let t = Instant::now();
     let spec = ModelSpec {
@@ -332,7 +331,9 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
         llm_base: args.llm_base.clone(),
     };
     crate::inference::check_memory(&spec, prompt, prompt + args.max_new_tokens)?;
-    let mut pipeline = Pipeline::load(&spec, Arc::new(LoadCounter::default()))?;
+    // The folders were checked above; the tokenizer already read is the pipeline's.
+    let model = crate::model::ZiyaVisual::load(&spec, Arc::new(LoadCounter::default()))?;
+    let mut pipeline = Pipeline::new(model, tokenizer)?;
     let load_s = t.elapsed().as_secs_f64();
 
     let stdout = std::io::stdout();

@@ -321,8 +321,9 @@ fn load_pipeline(req: &LoadRequest, counter: Arc<LoadCounter>) -> Result<(Pipeli
         llm_base: req.llm_base.clone(),
     };
     // A conversation may grow to the whole context; refuse what cannot fit before loading.
-    let context = crate::model::read_llm_config(&spec.llm_dir)?.max_position_embeddings;
-    crate::inference::check_memory(&spec, crate::model::plan::PREFILL_CHUNK.min(context), context)?;
+    let inputs = crate::inference::PlanInputs::read(&spec)?;
+    let context = inputs.llm.max_position_embeddings;
+    inputs.check(&spec, crate::model::plan::PREFILL_CHUNK.min(context), context)?;
     let pipeline = Pipeline::load(&spec, counter).map_err(|e| match e {
         Error::Cancelled => Error::Request("loading was cancelled".into()),
         other => other,

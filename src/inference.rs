@@ -74,29 +74,72 @@ pub struct Pipeline {
     kv_items: Vec<PromptItem>,
 }
 
+/// What the memory planner needs from a model's folders, read once (configs, file precision,
+/// and the quantization a GGUF already has).
+pub struct PlanInputs {
+    pub vision: crate::model::config::VisionRepoConfig,
+    pub llm: crate::model::config::LlamaConfig,
+    file_quant: Option<crate::model::layers::Quant>,
+    vision_file_dtype: DType,
+    llm_file_dtype: DType,
+}
+
+impl PlanInputs {
+    pub fn read(spec: &ModelSpec) -> Result<Self> {
+        use crate::model::plan::stored_dtype;
+        let torch_dtype = |dir: &std::path::Path| -> Option<String> {
+            let v: serde_json::Value = crate::model::config::read_json(&dir.join("config.json")).ok()?;
+            v.get("torch_dtype")?.as_str().map(str::to_string)
+        };
+        Ok(Self {
+            vision: crate::model::read_vision_config(&spec.vision_dir)?,
+            llm: crate::model::read_llm_config(&spec.llm_dir)?,
+            // A GGUF from `ziya-visual quantize` is already quantized.
+            file_quant: gguf_quant(&spec.llm_dir),
+            vision_file_dtype: stored_dtype(torch_dtype(&spec.vision_dir).as_deref(), DType::F32),
+            llm_file_dtype: stored_dtype(torch_dtype(&spec.llm_dir).as_deref(), DType::F16),
+        })
+    }
+
+    fn request(&self, spec: &ModelSpec, prompt: usize, context: usize) -> crate::model::plan::PlanRequest<'_> {
+        crate::model::plan::PlanRequest {
+            vision: &self.vision,
+            llm: &self.llm,
+            dtype: spec.dtype,
+            quant: spec.quant.or(self.file_quant),
+            vision_file_dtype: self.vision_file_dtype,
+            llm_file_dtype: self.llm_file_dtype,
+            prompt,
+            context: context.min(self.llm.max_position_embeddings),
+            on_cpu: spec.device.is_cpu(),
+            delta: spec.llm_base.is_some(),
+        }
+    }
+
+    /// The memory `spec` needs for a conversation of `prompt` positions growing to `context`.
+    pub fn plan(&self, spec: &ModelSpec, prompt: usize, context: usize) -> crate::model::plan::Plan {
+        crate::model::plan::estimate(&self.request(spec, prompt, context))
+    }
+
+    /// The plan, or a refusal with the numbers and a quantization that would fit when it does
+    /// not fit in the device's free memory.
+    pub fn check(&self, spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
+        use crate::model::plan::{available_bytes, check_fits, estimate};
+        let request = self.request(spec, prompt, context);
+        let plan = estimate(&request);
+        check_fits(&plan, available_bytes(&spec.device), &request).map_err(Error::Request)?;
+        Ok(plan)
+    }
+}
+
 /// The memory `spec` needs for a conversation of `prompt` positions growing to `context`.
 pub fn memory_plan(spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
-    use crate::model::plan::{estimate, stored_dtype, PlanRequest};
-    let vision = crate::model::read_vision_config(&spec.vision_dir)?;
-    let llm = crate::model::read_llm_config(&spec.llm_dir)?;
-    let torch_dtype = |dir: &std::path::Path| -> Option<String> {
-        let v: serde_json::Value = crate::model::config::read_json(&dir.join("config.json")).ok()?;
-        v.get("torch_dtype")?.as_str().map(str::to_string)
-    };
-    // A GGUF from `ziya-visual quantize` is already quantized.
-    let quant = spec.quant.or_else(|| gguf_quant(&spec.llm_dir));
-    Ok(estimate(&PlanRequest {
-        vision: &vision,
-        llm: &llm,
-        dtype: spec.dtype,
-        quant,
-        vision_file_dtype: stored_dtype(torch_dtype(&spec.vision_dir).as_deref(), DType::F32),
-        llm_file_dtype: stored_dtype(torch_dtype(&spec.llm_dir).as_deref(), DType::F16),
-        prompt,
-        context: context.min(llm.max_position_embeddings),
-        on_cpu: spec.device.is_cpu(),
-        delta: spec.llm_base.is_some(),
-    }))
+    Ok(PlanInputs::read(spec)?.plan(spec, prompt, context))
+}
+
+/// Refuses a model that does not fit in the device's free memory (see `PlanInputs::check`).
+pub fn check_memory(spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
+    PlanInputs::read(spec)?.check(spec, prompt, context)
 }
 
 fn gguf_quant(path: &std::path::Path) -> Option<crate::model::layers::Quant> {
@@ -105,29 +148,6 @@ fn gguf_quant(path: &std::path::Path) -> Option<crate::model::layers::Quant> {
     }
     let content = crate::model::weights::read_gguf(path).ok()?;
     crate::model::layers::Quant::parse(&crate::model::weights::gguf_string(&content, crate::model::gguf::QUANT_KEY)?)
-}
-
-/// Refuses, with the numbers and a quantization that would fit, a model that does not fit in
-/// the device's free memory.
-pub fn check_memory(spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
-    use crate::model::plan::{available_bytes, check_fits, stored_dtype, PlanRequest};
-    let plan = memory_plan(spec, prompt, context)?;
-    let vision = crate::model::read_vision_config(&spec.vision_dir)?;
-    let llm = crate::model::read_llm_config(&spec.llm_dir)?;
-    let request = PlanRequest {
-        vision: &vision,
-        llm: &llm,
-        dtype: spec.dtype,
-        quant: spec.quant.or_else(|| gguf_quant(&spec.llm_dir)),
-        vision_file_dtype: stored_dtype(None, DType::F32),
-        llm_file_dtype: stored_dtype(None, DType::F16),
-        prompt,
-        context: plan.context,
-        on_cpu: spec.device.is_cpu(),
-        delta: spec.llm_base.is_some(),
-    };
-    check_fits(&plan, available_bytes(&spec.device), &request).map_err(Error::Request)?;
-    Ok(plan)
 }
 
 impl Pipeline {

@@ -141,6 +141,8 @@ pub struct PlanKey {
     llm: String,
     dtype: String,
     device: String,
+    /// With "published delta" ticked: the base it is merged with (merging takes memory too).
+    llm_base: Option<String>,
 }
 
 impl ZiyaApp {
@@ -283,6 +285,7 @@ impl ZiyaApp {
             llm: p.llm_dir.trim().to_string(),
             dtype: p.dtype.clone(),
             device: p.device.clone(),
+            llm_base: p.use_delta.then(|| p.llm_base_dir.trim().to_string()),
         };
         if key.vision.is_empty() || key.llm.is_empty() || self.plans.as_ref().is_some_and(|(k, _, _)| *k == key) {
             return;
@@ -291,27 +294,35 @@ impl ZiyaApp {
         let device = candle_core::Device::Cpu;
         let dtype = crate::device::parse_dtype(&key.dtype).unwrap_or(candle_core::DType::F32);
         let dtype = if on_gpu { dtype } else { crate::device::effective_dtype(&device, dtype).0 };
-        let mut rows = Vec::new();
-        for q in [
+        let spec = crate::model::ModelSpec {
+            vision_dir: PathBuf::from(&key.vision),
+            llm_dir: PathBuf::from(&key.llm),
+            dtype,
+            device,
+            quant: None,
+            llm_base: key.llm_base.as_ref().map(PathBuf::from),
+        };
+        // The folders are read once for all four rows (this runs on the UI thread).
+        let inputs = crate::inference::PlanInputs::read(&spec).map_err(|e| e.to_string());
+        let rows = [
             None,
             Some(crate::model::layers::Quant::Q8_0),
             Some(crate::model::layers::Quant::Q6K),
             Some(crate::model::layers::Quant::Q4K),
-        ] {
-            let spec = crate::model::ModelSpec {
-                vision_dir: PathBuf::from(&key.vision),
-                llm_dir: PathBuf::from(&key.llm),
-                dtype,
-                device: device.clone(),
-                quant: q,
-                llm_base: None,
-            };
-            let plan = crate::model::read_llm_config(&spec.llm_dir).and_then(|c| {
-                let ctx = c.max_position_embeddings;
-                crate::inference::memory_plan(&spec, crate::model::plan::PREFILL_CHUNK.min(ctx), ctx)
+        ]
+        .into_iter()
+        .map(|quant| {
+            let plan = inputs.as_ref().map_err(Clone::clone).map(|i| {
+                let ctx = i.llm.max_position_embeddings;
+                i.plan(
+                    &crate::model::ModelSpec { quant, ..spec.clone() },
+                    crate::model::plan::PREFILL_CHUNK.min(ctx),
+                    ctx,
+                )
             });
-            rows.push((q.map(|q| q.name().to_string()).unwrap_or_default(), plan.map_err(|e| e.to_string())));
-        }
+            (quant.map(|q| q.name().to_string()).unwrap_or_default(), plan)
+        })
+        .collect();
         // Free GPU memory is only known once a GPU is opened; the CPU's is read here.
         let free = if on_gpu { None } else { crate::model::plan::available_ram() };
         self.plans = Some((key, rows, free));
