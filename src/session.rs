@@ -591,23 +591,24 @@ impl Session {
     }
 }
 
-/// The format version of an existing session file, if it is one.
-fn file_version(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    (value.get("format")?.as_str()? == FORMAT).then(|| value.get("version")?.as_u64())?
-}
-
 /// Before a session file of an older format version is overwritten, keep it as
 /// `<name>.v<N>.bak` (once: an existing backup is never replaced).
 fn backup_if_older(path: &Path) -> Result<()> {
-    if let Some(v) = file_version(path).filter(|&v| v < VERSION as u64) {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("session.json");
-        let backup = path.with_file_name(format!("{name}.v{v}.bak"));
-        if !backup.exists() {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            write_atomic(&backup, &bytes)?;
-        }
+    /// Just the fields that say what a file is (the rest is skipped, not built into a tree).
+    #[derive(Deserialize)]
+    struct Head {
+        format: String,
+        version: u64,
+    }
+    let Ok(bytes) = std::fs::read(path) else { return Ok(()) };
+    let version = match serde_json::from_slice::<Head>(&bytes) {
+        Ok(head) if head.format == FORMAT && head.version < VERSION as u64 => head.version,
+        _ => return Ok(()),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("session.json");
+    let backup = path.with_file_name(format!("{name}.v{version}.bak"));
+    if !backup.exists() {
+        write_atomic(&backup, &bytes)?;
     }
     Ok(())
 }
