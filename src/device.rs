@@ -38,7 +38,9 @@ pub fn select_device(name: &str) -> Result<(Device, Option<String>)> {
             }
             match Device::new_cuda(0) {
                 Ok(d) => Ok((d, None)),
-                Err(e) => Ok((Device::Cpu, Some(format!("CUDA is not available: {e}")))),
+                Err(e) => {
+                    Ok((Device::Cpu, Some(format!("CUDA is not available: {}", crate::error::candle_message(&e)))))
+                }
             }
         }
         "metal" => {
@@ -47,7 +49,9 @@ pub fn select_device(name: &str) -> Result<(Device, Option<String>)> {
             }
             match Device::new_metal(0) {
                 Ok(d) => Ok((d, None)),
-                Err(e) => Ok((Device::Cpu, Some(format!("Metal is not available: {e}")))),
+                Err(e) => {
+                    Ok((Device::Cpu, Some(format!("Metal is not available: {}", crate::error::candle_message(&e)))))
+                }
             }
         }
         other => Err(Error::Request(format!("unknown device `{other}` (expected cpu, cuda or metal)"))),
@@ -81,10 +85,10 @@ pub fn effective_dtype(device: &Device, requested: DType) -> (DType, Option<Stri
 pub mod cuda_libs {
     use std::sync::OnceLock;
 
-    /// Each library candle's CUDA backend uses, by the sonames CUDA 13 and 12 give it.
-    const LIBS: &[&[&str]] = &[
-        &["libcuda.so.1"],
-        &["libcudart.so.13", "libcudart.so.12"],
+    /// The driver's library, then (after the runtime, which `runtime` opens) the toolkit's
+    /// libraries candle's CUDA backend uses, by the sonames CUDA 13 and 12 give them.
+    const DRIVER: &str = "libcuda.so.1";
+    const TOOLKIT: &[&[&str]] = &[
         &["libcublasLt.so.13", "libcublasLt.so.12"],
         &["libcublas.so.13", "libcublas.so.12"],
         &["libcurand.so.10"],
@@ -127,32 +131,41 @@ pub mod cuda_libs {
         static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
         RUNTIME
             .get_or_init(|| {
-                for name in ["libcudart.so.13", "libcudart.so.12"] {
-                    // SAFETY: see `load`.
-                    let Ok(lib) = (unsafe {
-                        libloading::os::unix::Library::open(
-                            Some(name),
-                            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-                        )
-                    }) else {
-                        continue;
-                    };
-                    // SAFETY: the signatures are those of crt/host_runtime.h.
-                    let rt = unsafe {
-                        Runtime {
-                            register_fat_binary: *lib.get(b"__cudaRegisterFatBinary\0").ok()?,
-                            register_fat_binary_end: *lib.get(b"__cudaRegisterFatBinaryEnd\0").ok()?,
-                            unregister_fat_binary: *lib.get(b"__cudaUnregisterFatBinary\0").ok()?,
-                            register_function: *lib.get(b"__cudaRegisterFunction\0").ok()?,
-                            register_var: *lib.get(b"__cudaRegisterVar\0").ok()?,
-                        }
-                    };
-                    std::mem::forget(lib); // the function pointers stay valid for the process
-                    return Some(rt);
-                }
-                None
+                let lib = open_global(&["libcudart.so.13", "libcudart.so.12"]).ok()?;
+                // SAFETY: the signatures are those of crt/host_runtime.h.
+                let rt = unsafe {
+                    Runtime {
+                        register_fat_binary: *lib.get(b"__cudaRegisterFatBinary\0").ok()?,
+                        register_fat_binary_end: *lib.get(b"__cudaRegisterFatBinaryEnd\0").ok()?,
+                        unregister_fat_binary: *lib.get(b"__cudaUnregisterFatBinary\0").ok()?,
+                        register_function: *lib.get(b"__cudaRegisterFunction\0").ok()?,
+                        register_var: *lib.get(b"__cudaRegisterVar\0").ok()?,
+                    }
+                };
+                std::mem::forget(lib); // the function pointers stay valid for the process
+                Some(rt)
             })
             .as_ref()
+    }
+
+    /// Opens the first of `names` that can be opened, with its symbols global (so that lazily
+    /// bound CUDA calls find them); the error is the last name's.
+    fn open_global(names: &[&str]) -> Result<libloading::os::unix::Library, String> {
+        let mut last = String::new();
+        for name in names {
+            // SAFETY: loading a shared library runs its initialisers; these are NVIDIA's CUDA
+            // libraries, loaded as the CUDA runtime itself loads them.
+            match unsafe {
+                libloading::os::unix::Library::open(
+                    Some(name),
+                    libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                )
+            } {
+                Ok(lib) => return Ok(lib),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
     }
 
     /// Opens the CUDA libraries once; the error names the first that cannot be found.
@@ -160,40 +173,20 @@ pub mod cuda_libs {
         static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
         LOADED
             .get_or_init(|| {
-                for names in LIBS {
-                    let mut last = String::new();
-                    let opened = names.iter().find_map(|name| {
-                        // SAFETY: loading a shared library runs its initialisers; these are
-                        // NVIDIA's CUDA libraries, loaded as the CUDA runtime itself loads them.
-                        match unsafe {
-                            libloading::os::unix::Library::open(
-                                Some(name),
-                                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-                            )
-                        } {
-                            Ok(lib) => Some(lib),
-                            Err(e) => {
-                                last = e.to_string();
-                                None
-                            }
-                        }
-                    });
-                    match opened {
-                        // Kept open for the life of the process: CUDA calls bind to it lazily.
-                        Some(lib) => std::mem::forget(lib),
-                        None if names[0] == "libcuda.so.1" => {
-                            return Err(format!("the NVIDIA driver's {} cannot be loaded ({last})", names[0]))
-                        }
-                        None => {
-                            return Err(format!(
-                                "the CUDA library {} cannot be loaded ({last}); add the CUDA 13 libraries to LD_LIBRARY_PATH",
-                                names.join(" or ")
-                            ))
-                        }
-                    }
-                }
+                open_global(&[DRIVER])
+                    .map(std::mem::forget)
+                    .map_err(|e| format!("the NVIDIA driver's {DRIVER} cannot be loaded ({e})"))?;
                 if runtime().is_none() {
                     return Err("the CUDA runtime (libcudart.so.13) cannot be loaded; add the CUDA 13 libraries to LD_LIBRARY_PATH".into());
+                }
+                for names in TOOLKIT {
+                    // Kept open for the life of the process: CUDA calls bind to it lazily.
+                    open_global(names).map(std::mem::forget).map_err(|e| {
+                        format!(
+                            "the CUDA library {} cannot be loaded ({e}); add the CUDA 13 libraries to LD_LIBRARY_PATH",
+                            names.join(" or ")
+                        )
+                    })?;
                 }
                 Ok(())
             })
