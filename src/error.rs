@@ -22,8 +22,17 @@ pub enum Error {
     Request(String),
     #[error("cancelled")]
     Cancelled,
-    #[error("{0}")]
+    #[error("{}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// candle's message without the backtrace it attaches when RUST_BACKTRACE is set: errors here
+/// are one line for the user.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -34,5 +43,19 @@ impl Error {
     }
     pub fn checkpoint(path: &Path, msg: impl Into<String>) -> Self {
         Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_errors_are_one_line_even_with_a_backtrace() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch in matmul".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(Error::from(e).to_string(), "shape mismatch in matmul");
     }
 }
