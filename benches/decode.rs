@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
 use ziya_visual::chat::ChatTurn;
-use ziya_visual::device::parse_dtype;
+use ziya_visual::device::{Placement, Precision};
 use ziya_visual::inference::Pipeline;
+use ziya_visual::model::choice::ModelChoice;
+use ziya_visual::model::files::ModelFiles;
 use ziya_visual::model::weights::LoadCounter;
-use ziya_visual::model::ModelSpec;
 use ziya_visual::sampling::SamplingParams;
 
 /// Read bandwidth with all cores summing a 1 GiB buffer, in bytes per second.
@@ -62,16 +62,15 @@ fn main() {
     for name in dtypes {
         // "f16" or "f32+q4k" style: a precision and an optional quantization.
         let (dt, q) = name.split_once('+').unwrap_or((&name, ""));
-        let spec = ModelSpec {
-            vision_dir: vision.clone(),
-            llm_dir: llm.clone(),
-            dtype: parse_dtype(dt).unwrap(),
-            device: Device::Cpu,
+        let choice = ModelChoice {
+            precision: Precision::parse(dt).unwrap(),
             quant: ziya_visual::model::layers::Quant::parse(q),
-            llm_base: None,
+            ..ModelChoice::folders(&vision, &llm)
         };
         let t = Instant::now();
-        let mut p = Pipeline::load(&spec, Arc::new(LoadCounter::default())).unwrap();
+        let files = ModelFiles::read(&choice).unwrap();
+        let place = Placement::cpu(choice.precision);
+        let mut p = Pipeline::new(files.load(&place, Arc::new(LoadCounter::default())).unwrap());
         let load = t.elapsed().as_secs_f64();
         let bytes = p.model.llm.weight_bytes_per_token();
         let params =

@@ -1,20 +1,23 @@
 //! Command-line interface. `ziya-visual` alone opens the window; `ziya-visual ask …` answers one
-//! question headlessly (tests, benchmarks and scripts drive it; its contract is fixed).
+//! question headlessly (tests, benchmarks and scripts drive it; its contract is fixed) through
+//! the same engine the window uses.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::chat::ImageData;
-use crate::device::{device_name, dtype_name, effective_dtype, parse_dtype, select_device};
+use crate::chat::{ChatTemplate, ImageData, Prompt};
+use crate::device::{DeviceKind, Placement, Precision};
+use crate::engine::{Command as EngineCommand, Engine, Event, ModelSummary};
 use crate::error::{Error, Result};
-use crate::inference::{Pipeline, Timings};
-use crate::model::weights::LoadCounter;
-use crate::model::ModelSpec;
+use crate::generation::{Generation, Timings};
+use crate::model::choice::{LlmSource, ModelChoice, ModelOverrides};
+use crate::model::files::ModelFiles;
+use crate::model::layers::Quant;
+use crate::model::random::Preset;
 use crate::sampling::SamplingParams;
 use crate::session::{ImageStorage, ModelInfo, NewTurn, Session, TurnStats};
 
@@ -23,27 +26,9 @@ use crate::session::{ImageStorage, ModelInfo, NewTurn, Session, TurnStats};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Vision model folder (Ziya-BLIP2-14B-Visual-v1) to load when the window opens.
-    #[arg(long, global = false)]
-    pub vision_model: Option<PathBuf>,
-    /// LLM folder (Ziya-LLaMA-13B-v1, merged) to load when the window opens.
-    #[arg(long)]
-    pub llm_model: Option<PathBuf>,
-    /// Device for the window's model: cpu, cuda or metal.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Precision for the window's model: f32, f16 or bf16.
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// Quantization for the window's model: q8_0, q6k or q4k.
-    #[arg(long, value_enum)]
-    pub quant: Option<crate::model::layers::Quant>,
-    /// Meta's LLaMA-13B base for a delta given with --llm-delta (merged while loading).
-    #[arg(long, requires = "llm_delta")]
-    pub llm_base: Option<PathBuf>,
-    /// The published Ziya-LLaMA-13B-v1 delta folder (with --llm-base).
-    #[arg(long, requires = "llm_base", conflicts_with = "llm_model")]
-    pub llm_delta: Option<PathBuf>,
+    /// The model to load when the window opens; each flag given replaces the remembered one.
+    #[command(flatten)]
+    pub model: ModelFlags,
     /// Load the built-in demo model (tiny, random weights: its answers are noise).
     #[arg(long)]
     pub demo: bool,
@@ -70,14 +55,10 @@ pub enum Command {
     },
     /// Quantize the LLM once into a GGUF file that starts fast (usable as --llm-model FILE.gguf).
     Quantize {
-        /// The LLM folder (merged), or the delta folder with --llm-base.
-        #[arg(long)]
-        llm_model: PathBuf,
-        /// Meta's LLaMA-13B base when --llm-model is the published delta.
-        #[arg(long)]
-        llm_base: Option<PathBuf>,
-        #[arg(long, value_enum)]
-        quant: crate::model::layers::Quant,
+        #[command(flatten)]
+        llm: LlmFlags,
+        #[arg(long, value_parser = parse_quant)]
+        quant: Quant,
         #[arg(long)]
         out: PathBuf,
     },
@@ -95,16 +76,8 @@ pub enum Command {
     },
     /// Estimate the memory a model needs (weights, KV cache, activations, loading) as JSON.
     Plan {
-        #[arg(long)]
-        vision_model: PathBuf,
-        #[arg(long)]
-        llm_model: PathBuf,
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        #[arg(long, value_enum)]
-        quant: Option<crate::model::layers::Quant>,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        model: ModelChoice,
         /// Prompt positions (text tokens + 32 per image).
         #[arg(long, default_value_t = 512)]
         prompt: usize,
@@ -115,8 +88,9 @@ pub enum Command {
     /// Write a random-weight checkpoint pair in the real layout (benchmarks, memory checks).
     #[command(hide = true)]
     MakeRandomModel {
-        #[arg(long, value_enum)]
-        preset: crate::model::random::Preset,
+        /// medium or ziya13b.
+        #[arg(long, value_parser = parse_preset)]
+        preset: Preset,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
@@ -124,13 +98,11 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct AskArgs {
-    /// Folder of the vision model (Ziya-BLIP2-14B-Visual-v1).
-    #[arg(long)]
-    pub vision_model: PathBuf,
-    /// Folder of the LLaMA model (Ziya-LLaMA-13B-v1, merged with its base).
-    #[arg(long, required_unless_present_all = ["llm_base", "llm_delta"], conflicts_with_all = ["llm_base", "llm_delta"])]
+/// Where the LLM comes from, as flags: a folder or GGUF, or the published delta over its base.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LlmFlags {
+    /// The LLM: a merged Ziya-LLaMA-13B-v1 folder, or a .gguf from `ziya-visual quantize`.
+    #[arg(long, conflicts_with_all = ["llm_base", "llm_delta"])]
     pub llm_model: Option<PathBuf>,
     /// Meta's LLaMA-13B (HF format): with --llm-delta, the LLM is merged while loading.
     #[arg(long, requires = "llm_delta")]
@@ -138,6 +110,103 @@ pub struct AskArgs {
     /// The published Ziya-LLaMA-13B-v1 delta folder (its config and tokenizer are used).
     #[arg(long, requires = "llm_base")]
     pub llm_delta: Option<PathBuf>,
+}
+
+impl LlmFlags {
+    pub fn source(&self) -> Option<LlmSource> {
+        match (&self.llm_model, &self.llm_base, &self.llm_delta) {
+            (Some(m), _, _) => Some(LlmSource::from_path(m.clone())),
+            (None, Some(base), Some(delta)) => Some(LlmSource::Delta { base: base.clone(), delta: delta.clone() }),
+            _ => None,
+        }
+    }
+}
+
+/// The model flags: the command line's syntax for a [`ModelChoice`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct ModelFlags {
+    /// The vision folder (Ziya-BLIP2-14B-Visual-v1).
+    #[arg(long)]
+    pub vision_model: Option<PathBuf>,
+    #[command(flatten)]
+    pub llm: LlmFlags,
+    /// cpu, cuda or metal (falls back to the CPU, saying why, when unavailable).
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceKind>,
+    /// f32, f16 or bf16 (bf16 runs as f16 on the CPU).
+    #[arg(long, value_parser = parse_precision)]
+    pub dtype: Option<Precision>,
+    /// Quantize the LLM's linear layers while loading: q8_0, q6k or q4k.
+    #[arg(long, value_parser = parse_quant)]
+    pub quant: Option<Quant>,
+}
+
+impl ModelFlags {
+    pub fn overrides(&self) -> ModelOverrides {
+        ModelOverrides {
+            vision: self.vision_model.clone(),
+            llm: self.llm.source(),
+            device: self.device,
+            precision: self.dtype,
+            quant: self.quant,
+        }
+    }
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceKind, String> {
+    DeviceKind::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    Precision::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
+    Quant::parse(s).ok_or_else(|| format!("unknown quantization `{s}` (expected q8_0, q6k or q4k)"))
+}
+
+fn parse_preset(s: &str) -> std::result::Result<Preset, String> {
+    match s {
+        "medium" => Ok(Preset::Medium),
+        "ziya13b" => Ok(Preset::Ziya13b),
+        _ => Err(format!("unknown preset `{s}` (expected medium or ziya13b)")),
+    }
+}
+
+// A command that needs a model takes `#[command(flatten)] model: ModelChoice`: the flags of
+// `ModelFlags`, with the folders required.
+impl FromArgMatches for ModelChoice {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        ModelFlags::from_arg_matches(m)?.overrides().into_choice().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "give --vision-model DIR and --llm-model DIR|FILE.gguf (or --llm-base DIR --llm-delta DIR)\n",
+            )
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for ModelChoice {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        ModelFlags::augment_args(cmd)
+            .mut_arg("vision_model", |a| a.required(true))
+            .mut_arg("llm_model", |a| a.required_unless_present_all(["llm_base", "llm_delta"]))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
     /// An image for this question; repeat for several, in order.
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
@@ -162,15 +231,6 @@ pub struct AskArgs {
     pub repeat_penalty: f32,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// f32, f16 or bf16 (bf16 runs as f16 on the CPU).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// Quantize the LLM's linear layers while loading: q8_0, q6k or q4k.
-    #[arg(long, value_enum)]
-    pub quant: Option<crate::model::layers::Quant>,
-    /// cpu, cuda or metal (falls back to the CPU, saying why, when unavailable).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Generate exactly --max-new-tokens tokens (for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -181,6 +241,21 @@ pub struct AskArgs {
     pub query: String,
 }
 
+impl AskArgs {
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ignore_eos: self.ignore_eos,
+        }
+    }
+}
+
+/// `ask --json`'s output: its own shape (the contract), not the runtime's types.
 #[derive(Serialize)]
 struct AskJson<'a> {
     text: &'a str,
@@ -189,11 +264,25 @@ struct AskJson<'a> {
     generated_tokens: usize,
     device: &'a str,
     dtype: &'a str,
-    timings: Timings,
+    timings: TimingsJson,
+}
+
+#[derive(Serialize)]
+struct TimingsJson {
+    load_s: f64,
+    image_s: f64,
+    prefill_s: f64,
+    decode_s: f64,
+}
+
+impl From<Timings> for TimingsJson {
+    fn from(t: Timings) -> Self {
+        Self { load_s: t.load_s, image_s: t.image_s, prefill_s: t.prefill_s, decode_s: t.decode_s }
+    }
 }
 
 /// Reads an image file given on the command line, checking that it decodes.
-pub fn read_image_file(path: &std::path::Path) -> Result<ImageData> {
+pub fn read_image_file(path: &Path) -> Result<ImageData> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
     // Decode once now so a bad file is reported before minutes of model loading.
@@ -201,46 +290,45 @@ pub fn read_image_file(path: &std::path::Path) -> Result<ImageData> {
     Ok(ImageData::new(name, bytes))
 }
 
+/// Runs the subcommand; `None` opens the window (handled by the caller).
+pub fn run(command: &Command) -> Result<()> {
+    match command {
+        Command::Ask(args) => run_ask(args),
+        Command::Export { session, html, markdown } => run_export(session, html.as_deref(), markdown.as_deref()),
+        Command::Quantize { llm, quant, out } => run_quantize(llm, *quant, out),
+        Command::MergeDelta { base, delta, out } => run_merge_delta(base, delta, out),
+        Command::Plan { model, prompt, context } => run_plan(model, *prompt, *context),
+        Command::MakeRandomModel { preset, out, seed } => {
+            crate::model::random::write(out, *preset, *seed).map(|(v, l)| {
+                println!("{}\n{}", v.display(), l.display());
+            })
+        }
+    }
+}
+
 /// `ziya-visual plan`: prints the estimate and the free memory as one JSON object.
-#[allow(clippy::too_many_arguments)]
-pub fn run_plan(
-    vision: &std::path::Path,
-    llm: &std::path::Path,
-    dtype: &str,
-    quant: Option<crate::model::layers::Quant>,
-    device: &str,
-    prompt: usize,
-    context: Option<usize>,
-) -> Result<()> {
-    let (device, _) = select_device(device)?;
-    let (dtype, _) = effective_dtype(&device, parse_dtype(dtype)?);
-    let context = match context {
-        Some(c) => c,
-        None => crate::model::read_llm_config(llm)?.max_position_embeddings,
-    };
-    let spec = ModelSpec {
-        vision_dir: vision.to_path_buf(),
-        llm_dir: llm.to_path_buf(),
-        dtype,
-        device,
-        quant,
-        llm_base: None,
-    };
-    let plan = crate::inference::memory_plan(&spec, prompt, context)?;
-    let free = crate::model::plan::available_bytes(&spec.device);
+pub fn run_plan(choice: &ModelChoice, prompt: usize, context: Option<usize>) -> Result<()> {
+    let place = Placement::resolve(choice.device, choice.precision);
+    let files = ModelFiles::read(choice)?;
+    let context = context.unwrap_or(files.context_length());
+    let plan = files.plan(&place, prompt, context);
+    let free = crate::model::plan::available_bytes(&place.device);
     let out = serde_json::json!({"plan": plan, "available": free, "fits": free.is_none_or(|f| plan.total <= f)});
     println!("{out}");
     Ok(())
 }
 
 /// `ziya-visual quantize`, with a progress line on stderr.
-pub fn run_quantize(
-    llm: &std::path::Path,
-    base: Option<&std::path::Path>,
-    quant: crate::model::layers::Quant,
-    out: &std::path::Path,
-) -> Result<()> {
-    let written = crate::model::gguf::quantize_to_gguf(llm, base, quant, out, &mut |done, total| {
+pub fn run_quantize(llm: &LlmFlags, quant: Quant, out: &Path) -> Result<()> {
+    let (dir, base) = match llm.source() {
+        Some(LlmSource::Folder(d)) => (d, None),
+        Some(LlmSource::Delta { base, delta }) => (delta, Some(base)),
+        Some(LlmSource::Gguf(p)) => {
+            return Err(Error::Request(format!("{} is already quantized: quantize a model folder", p.display())))
+        }
+        None => return Err(Error::Request("give --llm-model DIR, or --llm-base DIR --llm-delta DIR".into())),
+    };
+    let written = crate::model::gguf::quantize_to_gguf(&dir, base.as_deref(), quant, out, &mut |done, total| {
         eprint!("\rquantizing: {done}/{total} tensors   ");
     })?;
     eprintln!();
@@ -249,7 +337,7 @@ pub fn run_quantize(
 }
 
 /// `ziya-visual merge-delta`, with a progress line on stderr.
-pub fn run_merge_delta(base: &std::path::Path, delta: &std::path::Path, out: &std::path::Path) -> Result<()> {
+pub fn run_merge_delta(base: &Path, delta: &Path, out: &Path) -> Result<()> {
     let started = Instant::now();
     let written = crate::model::delta::merge_to_dir(base, delta, out, &mut |p| {
         let secs = started.elapsed().as_secs_f64();
@@ -269,11 +357,7 @@ pub fn run_merge_delta(base: &std::path::Path, delta: &std::path::Path, out: &st
 }
 
 /// `ziya-visual export`: prints the path written.
-pub fn run_export(
-    session: &std::path::Path,
-    html: Option<&std::path::Path>,
-    markdown: Option<&std::path::Path>,
-) -> Result<()> {
+pub fn run_export(session: &Path, html: Option<&Path>, markdown: Option<&Path>) -> Result<()> {
     let s = Session::load(session)?;
     for p in s.image_problems() {
         eprintln!("warning: {p}");
@@ -287,24 +371,55 @@ pub fn run_export(
     Ok(())
 }
 
-pub fn run_ask(args: &AskArgs) -> Result<()> {
-    let params = SamplingParams {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        top_k: args.top_k,
-        repeat_penalty: args.repeat_penalty,
-        seed: args.seed,
-        ignore_eos: args.ignore_eos,
-    };
-    params.validate().map_err(Error::Request)?;
-    let (device, why_not) = select_device(&args.device)?;
-    if let Some(reason) = why_not {
-        eprintln!("warning: {reason}; running on the CPU");
+/// Waits for the engine to finish loading; the failure's message otherwise.
+fn wait_loaded(engine: &Engine) -> Result<ModelSummary> {
+    loop {
+        match engine.recv() {
+            Some(Event::Loaded(summary)) => return Ok(*summary),
+            Some(Event::LoadFailed(f)) => return Err(Error::Request(f.message)),
+            Some(_) => {}
+            None => return Err(Error::Request("the engine stopped".into())),
+        }
     }
-    let (dtype, note) = effective_dtype(&device, parse_dtype(&args.dtype)?);
-    if let Some(note) = note {
-        eprintln!("note: {note}");
+}
+
+/// Waits for request `id` to end, passing its text to `on_text` as it streams in.
+fn wait_answer(engine: &Engine, id: u64, on_text: &mut dyn FnMut(&str)) -> Result<Generation> {
+    loop {
+        match engine.recv() {
+            Some(Event::Token { id: i, text }) if i == id => on_text(&text),
+            Some(Event::Finished { id: i, generation }) if i == id => return Ok(generation),
+            Some(Event::Failed { id: i, failure }) if i == id => return Err(Error::Request(failure.message)),
+            Some(_) => {}
+            None => return Err(Error::Request("the engine stopped".into())),
+        }
+    }
+}
+
+/// Refuses a `--save-session` target that cannot be written, before anything is generated.
+fn check_writable_target(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::Request(format!("--save-session {}: is a folder, not a file", path.display())));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::Request(format!(
+            "--save-session {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+pub fn run_ask(args: &AskArgs) -> Result<()> {
+    let params = args.sampling();
+    params.validate().map_err(Error::Request)?;
+    if let Some(path) = &args.save_session {
+        check_writable_target(path)?;
     }
     let images = args.images.iter().map(|p| read_image_file(p)).collect::<Result<Vec<_>>>()?;
     let mut session = match &args.session {
@@ -313,86 +428,71 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     };
     let turns = session.chat_turns(&args.query, &images)?;
 
-    // Size the job before loading anything heavy: the prompt's length needs only the tokenizer.
-    let vision_config = crate::model::read_vision_config(&args.vision_model)?;
-    let template = crate::chat::ChatTemplate::from_config(&vision_config);
-    let llm_dir = args.llm_model.clone().or_else(|| args.llm_delta.clone()).unwrap_or_default();
-    crate::model::read_llm_config(&llm_dir)?; // a wrong folder is named before anything else
-    let tokenizer = crate::tokenizer::ChatTokenizer::from_dir(&llm_dir)?;
-    let prompt = crate::chat::Prompt::build(&template, &tokenizer, &turns)?.len(vision_config.num_query_tokens);
+    // Size the job before loading anything heavy: the prompt's length needs only the configs
+    // and the tokenizer, read once here and handed to the engine.
+    let files = ModelFiles::read(&args.model)?;
+    let prompt =
+        Prompt::build(&ChatTemplate::from_config(&files.vision), &files.tokenizer, &turns)?.len(files.query_tokens());
+    let context = files.context_length();
+    let needed = prompt.saturating_add(params.max_new_tokens);
+    if needed > context {
+        return Err(Error::Request(format!(
+            "the conversation needs {needed} positions (prompt {prompt} + up to {} new tokens) but the model's context \
+             is {context}; start a new conversation or lower max_new_tokens",
+            params.max_new_tokens
+        )));
+    }
 
-    let t = Instant::now();
-    let spec = ModelSpec {
-        vision_dir: args.vision_model.clone(),
-        llm_dir: llm_dir.clone(),
-        dtype,
-        device,
-        quant: args.quant,
-        llm_base: args.llm_base.clone(),
-    };
-    crate::inference::check_memory(&spec, prompt, prompt + args.max_new_tokens)?;
-    // The folders were checked above; the tokenizer already read is the pipeline's.
-    let model = crate::model::ZiyaVisual::load(&spec, Arc::new(LoadCounter::default()))?;
-    let mut pipeline = Pipeline::new(model, tokenizer)?;
-    let load_s = t.elapsed().as_secs_f64();
+    let mut engine = Engine::spawn(Box::new(|| {}));
+    engine.send(EngineCommand::LoadFiles { files: Box::new(files), prompt, context: needed });
+    let summary = wait_loaded(&engine)?;
+    if let Some(note) = &summary.device_note {
+        eprintln!("note: {note}");
+    }
 
     let stdout = std::io::stdout();
     let stream = !args.json;
     let mut out = stdout.lock();
-    let mut on_text = |delta: &str| {
+    engine.send(EngineCommand::Generate { id: 1, turns, params: params.clone() });
+    let mut gen = wait_answer(&engine, 1, &mut |delta| {
         if stream && !delta.is_empty() {
             // A closed pipe (`| head`) is not a reason to stop generating the session's answer.
             let _ = out.write_all(delta.as_bytes());
             let _ = out.flush();
         }
-        true
-    };
-    let mut gen = pipeline.generate(&turns, &params, &mut on_text)?;
-    gen.timings.load_s = load_s;
+    })?;
+    engine.shutdown();
+    gen.timings.load_s = summary.load_s;
     if stream {
         let _ = writeln!(out);
     }
-
-    if let Some(path) = &args.save_session {
-        session.model = Some(ModelInfo {
-            vision_model: args.vision_model.display().to_string(),
-            llm_model: match &args.llm_base {
-                Some(base) => format!("{} + delta {}", base.display(), llm_dir.display()),
-                None => llm_dir.display().to_string(),
-            },
-            dtype: dtype_name(pipeline.dtype()).into(),
-            device: device_name(pipeline.device()).into(),
-        });
-        session.settings = Some(params.clone());
-        let stats = TurnStats {
-            prompt_tokens: gen.prompt_tokens,
-            generated_tokens: gen.generated_tokens(),
-            stop: gen.stop,
-            timings: gen.timings,
-        };
-        session.push_turn(NewTurn {
-            images: images.clone(),
-            query: args.query.clone(),
-            answer: gen.text.clone(),
-            token_ids: gen.token_ids.clone(),
-            settings: Some(params.clone()),
-            stats: Some(stats),
-        });
-        session.save(path, ImageStorage::Beside)?;
-    }
-
     if args.json {
         let json = AskJson {
             text: &gen.text,
             token_ids: &gen.token_ids,
             prompt_tokens: gen.prompt_tokens,
             generated_tokens: gen.generated_tokens(),
-            device: device_name(pipeline.device()),
-            dtype: dtype_name(pipeline.dtype()),
-            timings: gen.timings,
+            device: &summary.device,
+            dtype: &summary.dtype,
+            timings: gen.timings.into(),
         };
         let text = serde_json::to_string(&json).map_err(|e| Error::Request(e.to_string()))?;
         let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    // Saved last: should the save fail, the answer is already on stdout.
+    if let Some(path) = &args.save_session {
+        session.push_turn(NewTurn {
+            images,
+            query: args.query.clone(),
+            answer: gen.text.clone(),
+            token_ids: gen.token_ids.clone(),
+            settings: Some(params),
+            stats: Some(TurnStats::of(&gen)),
+            model: Some(ModelInfo::of(&summary)),
+        });
+        session.save(path, ImageStorage::Beside)?;
     }
     Ok(())
 }

@@ -3,36 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::assets::TINY_MODEL_FILES;
 use crate::error::{Error, Result};
-
-macro_rules! asset {
-    ($dir:literal, $name:literal) => {
-        (concat!($dir, "/", $name), include_bytes!(concat!("../assets/tiny-ziya/", $dir, "/", $name)).as_slice())
-    };
-}
-
-static FILES: &[(&str, &[u8])] = &[
-    asset!("vision", "config.json"),
-    asset!("vision", "pytorch_model.bin"),
-    asset!("llm", "config.json"),
-    asset!("llm", "generation_config.json"),
-    asset!("llm", "pytorch_model-00001-of-00003.bin"),
-    asset!("llm", "pytorch_model-00002-of-00003.bin"),
-    asset!("llm", "pytorch_model-00003-of-00003.bin"),
-    asset!("llm", "pytorch_model.bin.index.json"),
-    asset!("llm", "tokenizer.json"),
-    asset!("llm", "tokenizer_config.json"),
-    asset!("llm", "special_tokens_map.json"),
-];
-
-/// Writes the demo's tokenizer (the tiny checkpoint's) into an LLM folder.
-pub fn write_tokenizer(llm_dir: &Path) -> Result<()> {
-    for (rel, bytes) in FILES.iter().filter(|(rel, _)| rel.starts_with("llm/tokenizer")) {
-        let name = rel.trim_start_matches("llm/");
-        crate::session::write_atomic(&llm_dir.join(name), bytes)?;
-    }
-    Ok(())
-}
+use crate::fs::write_atomic;
 
 /// The demo's vision and LLM folders under `root`.
 pub fn dirs(root: &Path) -> (PathBuf, PathBuf) {
@@ -47,7 +20,7 @@ pub fn is_demo(dir: &Path) -> bool {
 
 /// Writes the demo checkpoint under `root` (`<data>/demo-model`), replacing files that differ.
 pub fn install(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    for (rel, bytes) in FILES {
+    for (rel, bytes) in TINY_MODEL_FILES {
         let path = root.join(rel);
         let same = std::fs::metadata(&path).map(|m| m.len() == bytes.len() as u64).unwrap_or(false)
             && std::fs::read(&path).map(|b| b == *bytes).unwrap_or(false);
@@ -55,7 +28,7 @@ pub fn install(root: &Path) -> Result<(PathBuf, PathBuf)> {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }
-            crate::session::write_atomic(&path, bytes)?;
+            write_atomic(&path, bytes)?;
         }
     }
     Ok(dirs(root))

@@ -1,16 +1,104 @@
-//! Choosing where the model runs and in which precision.
+//! Where the model runs and in which precision: the choices a user makes (typed, as flags,
+//! preferences and engine requests carry them) and what they resolve to on this machine.
 
 use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Parses `f32|f16|bf16`.
-pub fn parse_dtype(name: &str) -> Result<DType> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => Err(Error::Request(format!("unknown dtype `{other}` (expected f32, f16 or bf16)"))),
+/// The device asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl DeviceKind {
+    pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Metal];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| Error::Request(format!("unknown device `{name}` (expected cpu, cuda or metal)")))
+    }
+
+    /// The device this build prefers when nothing was chosen.
+    pub fn default_for_build() -> Self {
+        if cfg!(feature = "cuda") {
+            DeviceKind::Cuda
+        } else {
+            DeviceKind::Cpu
+        }
+    }
+
+    /// Whether this build was compiled with support for the device.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            DeviceKind::Cpu => true,
+            DeviceKind::Cuda => cfg!(feature = "cuda"),
+            DeviceKind::Metal => cfg!(feature = "metal"),
+        }
+    }
+}
+
+/// The precision asked for (of the networks' dense weights and activations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::Request(format!("unknown dtype `{name}` (expected f32, f16 or bf16)")))
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The precision that runs on `device`: bf16 on the CPU becomes f16, since candle has no bf16
+    /// matrix kernel for the CPU (every product would widen both operands to f32: about 30x
+    /// slower than f16, see TOOLCHAIN notes). Returns the note to show when it changed.
+    pub fn effective(self, on_cpu: bool) -> (DType, Option<String>) {
+        if on_cpu && self == Precision::Bf16 {
+            return (
+                DType::F16,
+                Some("bf16 runs as f16 on the CPU (no fast bf16 kernel there; f16 is about 30x faster)".into()),
+            );
+        }
+        (self.dtype(), None)
     }
 }
 
@@ -23,52 +111,62 @@ pub fn dtype_name(dtype: DType) -> &'static str {
     }
 }
 
-/// The device asked for, or the CPU with the reason when it cannot be had (a CUDA build on a
-/// machine without a GPU keeps working).
-pub fn select_device(name: &str) -> Result<(Device, Option<String>)> {
-    match name {
-        "cpu" => Ok((Device::Cpu, None)),
-        "cuda" => {
-            if !cfg!(feature = "cuda") {
-                return Ok((Device::Cpu, Some("this build has no CUDA support (build with --features cuda)".into())));
-            }
-            #[cfg(feature = "cuda")]
-            if let Err(missing) = cuda_libs::load() {
-                return Ok((Device::Cpu, Some(format!("CUDA is not available: {missing}"))));
-            }
-            match Device::new_cuda(0) {
-                Ok(d) => Ok((d, None)),
-                Err(e) => {
-                    Ok((Device::Cpu, Some(format!("CUDA is not available: {}", crate::error::candle_message(&e)))))
-                }
-            }
-        }
-        "metal" => {
-            if !cfg!(feature = "metal") {
-                return Ok((Device::Cpu, Some("this build has no Metal support (build with --features metal)".into())));
-            }
-            match Device::new_metal(0) {
-                Ok(d) => Ok((d, None)),
-                Err(e) => {
-                    Ok((Device::Cpu, Some(format!("Metal is not available: {}", crate::error::candle_message(&e)))))
-                }
-            }
-        }
-        other => Err(Error::Request(format!("unknown device `{other}` (expected cpu, cuda or metal)"))),
+/// A device and precision as resolved on this machine, with why they differ from the choice.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub device: Device,
+    pub dtype: DType,
+    /// Why the device or precision in use is not the one asked for, if it is not.
+    pub note: Option<String>,
+}
+
+impl Placement {
+    /// Opens the device asked for (falling back to the CPU, saying why) and settles the precision.
+    pub fn resolve(device: DeviceKind, precision: Precision) -> Self {
+        let (device, device_note) = open_device(device);
+        let (dtype, dtype_note) = precision.effective(device.is_cpu());
+        let note = match (device_note, dtype_note) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        Self { device, dtype, note }
+    }
+
+    /// The CPU in the given precision (tests, benchmarks).
+    pub fn cpu(precision: Precision) -> Self {
+        let (dtype, note) = precision.effective(true);
+        Self { device: Device::Cpu, dtype, note }
     }
 }
 
-/// The precision to run in: bf16 on the CPU becomes f16, since candle has no bf16 matrix kernel
-/// for the CPU (every product would widen both operands to f32: about 30x slower than f16, see
-/// TOOLCHAIN notes). Returns the note to show when it changed.
-pub fn effective_dtype(device: &Device, requested: DType) -> (DType, Option<String>) {
-    if device.is_cpu() && requested == DType::BF16 {
-        return (
-            DType::F16,
-            Some("bf16 runs as f16 on the CPU (no fast bf16 kernel there; f16 is about 30x faster)".into()),
-        );
+/// The device asked for, or the CPU with the reason when it cannot be had (a CUDA build on a
+/// machine without a GPU keeps working).
+pub fn open_device(kind: DeviceKind) -> (Device, Option<String>) {
+    match kind {
+        DeviceKind::Cpu => (Device::Cpu, None),
+        DeviceKind::Cuda => {
+            if !cfg!(feature = "cuda") {
+                return (Device::Cpu, Some("this build has no CUDA support (build with --features cuda)".into()));
+            }
+            #[cfg(feature = "cuda")]
+            if let Err(missing) = cuda_libs::load() {
+                return (Device::Cpu, Some(format!("CUDA is not available: {missing}")));
+            }
+            match Device::new_cuda(0) {
+                Ok(d) => (d, None),
+                Err(e) => (Device::Cpu, Some(format!("CUDA is not available: {}", crate::error::candle_message(&e)))),
+            }
+        }
+        DeviceKind::Metal => {
+            if !cfg!(feature = "metal") {
+                return (Device::Cpu, Some("this build has no Metal support (build with --features metal)".into()));
+            }
+            match Device::new_metal(0) {
+                Ok(d) => (d, None),
+                Err(e) => (Device::Cpu, Some(format!("Metal is not available: {}", crate::error::candle_message(&e)))),
+            }
+        }
     }
-    (requested, None)
 }
 
 /// The CUDA libraries, opened at run time.

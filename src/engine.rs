@@ -1,9 +1,10 @@
-//! The inference engine: one thread owns the loaded model and talks to the UI only through
-//! channels. Requests and events are plain enums; streaming and cancellation are part of the
-//! protocol. Every `Generate` ends in exactly one `Finished` or `Failed` event with its id.
+//! The inference engine: one thread owns the loaded model and talks to its users (the window,
+//! `ask`, the server) only through channels. Requests and events are plain enums; streaming and
+//! cancellation are part of the protocol. Every `Generate` ends in exactly one `Finished` or
+//! `Failed` event with its id, even when the model code panics.
 
 use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,49 +13,119 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::chat::ChatTurn;
-use crate::device::{device_name, dtype_name, parse_dtype, select_device};
+use crate::device::{device_name, dtype_name, Placement};
 use crate::error::{Error, Result};
-use crate::inference::{Generation, Pipeline, StopReason, Timings};
+use crate::generation::Generation;
+use crate::inference::Pipeline;
+use crate::model::choice::ModelChoice;
+use crate::model::files::ModelFiles;
+use crate::model::layers::Quant;
 use crate::model::weights::LoadCounter;
-use crate::model::ModelSpec;
 use crate::sampling::SamplingParams;
 
 pub type RequestId = u64;
 
-/// What to load: the two folders, the device and the precision.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadRequest {
-    pub vision_dir: PathBuf,
-    pub llm_dir: PathBuf,
-    pub device: String,
-    pub dtype: String,
-    /// `None`, or q8_0 / q6k / q4k for the LLM's linear layers.
-    pub quant: Option<crate::model::layers::Quant>,
-    /// Meta's LLaMA base when `llm_dir` is the published Ziya delta (merged while loading).
-    pub llm_base: Option<PathBuf>,
-}
-
 #[derive(Debug)]
 pub enum Command {
-    Load(LoadRequest),
-    Generate { id: RequestId, turns: Vec<ChatTurn>, params: SamplingParams },
-    Cancel { id: RequestId },
+    /// Load this model (reading its folders first).
+    Load(ModelChoice),
+    /// Load a model whose folders the caller has already read (`ask` checks the prompt first),
+    /// sized for conversations of `prompt` positions growing to `context` (the memory check).
+    LoadFiles {
+        files: Box<ModelFiles>,
+        prompt: usize,
+        context: usize,
+    },
+    Generate {
+        id: RequestId,
+        turns: Vec<ChatTurn>,
+        params: SamplingParams,
+    },
+    Cancel {
+        id: RequestId,
+    },
     Unload,
     Shutdown,
+    /// Panics inside the engine as a request would if the model code failed (tests of recovery).
+    #[cfg(test)]
+    Panic {
+        id: RequestId,
+    },
 }
 
-/// A loaded model, as the status bar shows it.
+/// Keeps panics on the engine thread off stderr: the engine catches them and reports them as a
+/// `Failed` event (one line, where the user looks); other threads keep Rust's default report.
+pub fn quiet_engine_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(ENGINE_THREAD) {
+            default(info);
+        }
+    }));
+}
+
+const ENGINE_THREAD: &str = "ziya-engine";
+
+/// A loaded model, as the status bar and transcripts describe it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSummary {
-    pub request: LoadRequest,
+    pub choice: ModelChoice,
+    /// The device and precision in use (`cpu`, `f32`), and the quantization of the LLM.
     pub device: String,
     pub dtype: String,
-    /// Why the device asked for is not the one in use, if it is not.
+    pub quant: Option<Quant>,
+    /// Why the device or precision asked for is not the one in use, if it is not.
     pub device_note: Option<String>,
-    /// Resident memory the load added (process RSS, CPU) — what the model costs this machine.
-    pub memory_bytes: Option<u64>,
+    /// The memory the planner worked out for the whole context (the same figure every time).
+    pub planned_bytes: u64,
     pub context_length: usize,
+    /// Prompt positions each image takes.
+    pub query_tokens: usize,
     pub load_s: f64,
+}
+
+impl ModelSummary {
+    /// `f32`, or `f16 + q4k` for a quantized LLM.
+    pub fn precision_label(&self) -> String {
+        match self.quant {
+            Some(q) => format!("{} + {}", self.dtype, q.name()),
+            None => self.dtype.clone(),
+        }
+    }
+}
+
+/// What kind of failure ended a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The request cannot be served as asked (too long for the context, bad settings, no model).
+    Invalid,
+    /// The model's code failed while answering.
+    Model,
+    /// The model's code panicked; the engine recovered and keeps serving.
+    Crashed,
+}
+
+/// Why a request or a load failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    fn from_error(e: &Error) -> Self {
+        let kind = match e {
+            Error::Request(_) | Error::Image { .. } | Error::Session { .. } => FailureKind::Invalid,
+            _ => FailureKind::Model,
+        };
+        Self { kind, message: e.to_string() }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,8 +134,9 @@ pub enum Event {
         done: u64,
         total: u64,
     },
-    Loaded(ModelSummary),
-    LoadFailed(String),
+    Loaded(Box<ModelSummary>),
+    /// The load did not happen; whatever model was loaded before is still loaded.
+    LoadFailed(Failure),
     Unloaded,
     /// A piece of answer text for request `id`.
     Token {
@@ -77,14 +149,14 @@ pub enum Event {
     },
     Failed {
         id: RequestId,
-        message: String,
+        failure: Failure,
     },
 }
 
 /// Called after every event so the UI wakes up (`egui::Context::request_repaint`).
 pub type Waker = Box<dyn Fn() + Send + Sync>;
 
-/// The UI side of the engine.
+/// The handle its users hold.
 pub struct Engine {
     tx: Sender<Command>,
     rx: Receiver<Event>,
@@ -99,14 +171,14 @@ impl Engine {
         let load_counter = Arc::new(std::sync::Mutex::new(Arc::new(LoadCounter::default())));
         let counter = load_counter.clone();
         let thread = std::thread::Builder::new()
-            .name("ziya-engine".into())
+            .name(ENGINE_THREAD.into())
             .spawn(move || {
                 Worker {
                     cmd_rx,
                     ev_tx,
                     waker,
                     load_counter: counter,
-                    pipeline: None,
+                    loaded: None,
                     queue: VecDeque::new(),
                     cancelled: HashSet::new(),
                     shutting_down: false,
@@ -130,7 +202,12 @@ impl Engine {
         self.rx.recv_timeout(timeout).ok()
     }
 
-    /// Stops a load in progress at the next tensor (the engine answers `LoadFailed("cancelled")`).
+    /// Waits for the next event (`None` once the engine is gone).
+    pub fn recv(&self) -> Option<Event> {
+        self.rx.recv().ok()
+    }
+
+    /// Stops a load in progress at the next tensor (the engine answers `LoadFailed`).
     pub fn cancel_load(&self) {
         if let Ok(c) = self.load_counter.lock() {
             c.cancel.store(true, Ordering::Relaxed);
@@ -153,17 +230,32 @@ impl Drop for Engine {
     }
 }
 
+/// The model the engine holds, with what it was loaded from (to reload it after a failed swap).
+struct Loaded {
+    pipeline: Pipeline,
+    summary: ModelSummary,
+}
+
 struct Worker {
     cmd_rx: Receiver<Command>,
     ev_tx: Sender<Event>,
     waker: Waker,
     load_counter: Arc<std::sync::Mutex<Arc<LoadCounter>>>,
-    pipeline: Option<Pipeline>,
+    loaded: Option<Loaded>,
     /// Commands that arrived while a request was running, in order.
     queue: VecDeque<Command>,
     /// Requests cancelled before they started.
     cancelled: HashSet<RequestId>,
     shutting_down: bool,
+}
+
+/// A panic's message, for the Failed event that reports it.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Worker {
@@ -202,7 +294,7 @@ impl Worker {
                 Some(c) => c,
                 None => match self.cmd_rx.recv() {
                     Ok(c) => c,
-                    Err(_) => break, // the UI side is gone
+                    Err(_) => break, // the users are gone
                 },
             };
             match cmd {
@@ -211,26 +303,59 @@ impl Worker {
                     self.cancelled.insert(id);
                 }
                 Command::Unload => {
-                    self.pipeline = None;
+                    self.loaded = None;
                     self.emit(Event::Unloaded);
                 }
-                Command::Load(req) => self.load(req),
+                Command::Load(choice) => self.load(choice, None, None),
+                Command::LoadFiles { files, prompt, context } => {
+                    self.load(files.choice.clone(), Some(*files), Some((prompt, context)))
+                }
                 Command::Generate { id, turns, params } => self.generate(id, &turns, &params),
+                #[cfg(test)]
+                Command::Panic { id } => self.guarded(id, |_, _| panic!("injected fault")),
             }
         }
-        // Dropping the pipeline here frees the model before the thread ends.
-        self.pipeline = None;
+        // Dropping the model here frees it before the thread ends.
+        self.loaded = None;
     }
 
-    fn load(&mut self, req: LoadRequest) {
-        // Free the old model first: two 13B models rarely fit side by side.
-        self.pipeline = None;
+    /// Loads `choice`. Its folders and the memory it needs are checked while the current model
+    /// is still loaded: a wrong folder or a model that cannot fit leaves the current one in
+    /// place. The new model is loaded beside the old one when both fit; otherwise the old one is
+    /// freed first and, should the new one then fail, loaded again.
+    fn load(&mut self, choice: ModelChoice, files: Option<ModelFiles>, sizing: Option<(usize, usize)>) {
         let counter = Arc::new(LoadCounter::default());
         if let Ok(mut slot) = self.load_counter.lock() {
             *slot = counter.clone();
         }
         let started = Instant::now();
-        let rss_before = process_rss_bytes();
+        let checked = (|| -> Result<(ModelFiles, Placement, u64, bool)> {
+            let files = match files {
+                Some(f) => f,
+                None => ModelFiles::read(&choice)?,
+            };
+            let place = Placement::resolve(choice.device, choice.precision);
+            // A conversation may grow to the whole context unless the caller knows better.
+            let (prompt, context) = sizing.unwrap_or_else(|| {
+                let c = files.context_length();
+                (crate::model::plan::PREFILL_CHUNK.min(c), c)
+            });
+            let plan = files.plan(&place, prompt, context);
+            let free = crate::model::plan::available_bytes(&place.device);
+            // Free memory does not count what the current model gives back when it goes.
+            let old = self.loaded.as_ref().map_or(0, |l| l.summary.planned_bytes);
+            let beside = free.is_none_or(|f| plan.total <= f);
+            if !beside {
+                // Refused with the numbers unless unloading the current model makes room.
+                files.check_against(&place, prompt, context, free.map(|f| f.saturating_add(old)))?;
+            }
+            Ok((files, place, plan.total, beside))
+        })();
+        let (files, place, planned_bytes, beside) = match checked {
+            Ok(c) => c,
+            Err(e) => return self.emit(Event::LoadFailed(Failure::from_error(&e))),
+        };
+        let previous = if beside { None } else { self.loaded.take().map(|l| l.summary.choice) };
         let done = AtomicBool::new(false);
         let result = std::thread::scope(|scope| {
             // Report progress while this thread is busy reading tensors.
@@ -241,125 +366,100 @@ impl Worker {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             });
-            let r = load_pipeline(&req, counter.clone());
+            let quant = files.quant();
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| files.load(&place, counter.clone()))).unwrap_or_else(
+                |p| Err(Error::Request(format!("loading failed unexpectedly: {}", panic_message(&*p)))),
+            );
             done.store(true, Ordering::Relaxed);
-            r
+            r.map(|loaded| (Pipeline::new(loaded), quant))
         });
         match result {
-            Ok((pipeline, device_note)) => {
+            Ok((pipeline, quant)) => {
                 let (_, total) = counter.snapshot();
                 self.emit(Event::LoadProgress { done: total, total });
                 let summary = ModelSummary {
-                    request: req,
+                    choice,
                     device: device_name(pipeline.device()).into(),
-                    dtype: match pipeline.model.llm.quant() {
-                        Some(q) => format!("{} + {}", dtype_name(pipeline.dtype()), q.name()),
-                        None => dtype_name(pipeline.dtype()).into(),
-                    },
-                    device_note,
-                    memory_bytes: match (rss_before, process_rss_bytes()) {
-                        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-                        _ => None,
-                    },
+                    dtype: dtype_name(pipeline.dtype()).into(),
+                    quant,
+                    device_note: place.note.clone(),
+                    planned_bytes,
                     context_length: pipeline.context_length(),
+                    query_tokens: pipeline.query_tokens(),
                     load_s: started.elapsed().as_secs_f64(),
                 };
-                self.pipeline = Some(pipeline);
-                self.emit(Event::Loaded(summary));
+                self.loaded = Some(Loaded { pipeline, summary: summary.clone() });
+                self.emit(Event::Loaded(Box::new(summary)));
             }
-            Err(e) => self.emit(Event::LoadFailed(e.to_string())),
+            Err(e) => {
+                let failure = match e {
+                    Error::Cancelled => Failure { kind: FailureKind::Invalid, message: "loading was cancelled".into() },
+                    other => Failure::from_error(&other),
+                };
+                self.emit(Event::LoadFailed(failure));
+                if let Some(old) = previous {
+                    // The old model had to go to make room; bring it back.
+                    self.load(old, None, None);
+                }
+            }
         }
     }
 
     fn generate(&mut self, id: RequestId, turns: &[ChatTurn], params: &SamplingParams) {
         if self.cancelled.remove(&id) {
-            self.emit(Event::Finished { id, generation: cancelled_before_start() });
+            self.emit(Event::Finished { id, generation: Generation::cancelled_before_start() });
             return;
         }
-        let Some(mut pipeline) = self.pipeline.take() else {
-            self.emit(Event::Failed { id, message: "no model is loaded".into() });
+        self.guarded(id, |worker, pipeline| {
+            pipeline.generate(turns, params, &mut |text| {
+                if !text.is_empty() {
+                    worker.emit(Event::Token { id, text: text.to_string() });
+                }
+                !worker.pump(Some(id))
+            })
+        });
+    }
+
+    /// Runs request `id` on the loaded model and reports how it ended: `Finished`, or `Failed`
+    /// with the cause — also when the model code panics, after which the model is kept (its
+    /// weights are untouched; the caches are cleared) and the engine keeps serving.
+    fn guarded(&mut self, id: RequestId, run: impl FnOnce(&mut Self, &mut Pipeline) -> Result<Generation>) {
+        let Some(mut loaded) = self.loaded.take() else {
+            let failure = Failure { kind: FailureKind::Invalid, message: "no model is loaded".into() };
+            self.emit(Event::Failed { id, failure });
             return;
         };
-        let result = pipeline.generate(turns, params, &mut |text| {
-            if !text.is_empty() {
-                self.emit(Event::Token { id, text: text.to_string() });
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| run(self, &mut loaded.pipeline)));
+        let event = match result {
+            Ok(Ok(generation)) => Event::Finished { id, generation },
+            Ok(Err(e)) => Event::Failed { id, failure: Failure::from_error(&e) },
+            Err(panic) => {
+                loaded.pipeline.reset_cache();
+                let message = format!("the model failed while answering: {}", panic_message(&*panic));
+                Event::Failed { id, failure: Failure { kind: FailureKind::Crashed, message } }
             }
-            !self.pump(Some(id))
-        });
-        self.pipeline = Some(pipeline);
-        match result {
-            Ok(generation) => self.emit(Event::Finished { id, generation }),
-            Err(e) => self.emit(Event::Failed { id, message: e.to_string() }),
-        }
+        };
+        self.loaded = Some(loaded);
+        self.emit(event);
     }
-}
-
-fn cancelled_before_start() -> Generation {
-    Generation {
-        text: String::new(),
-        token_ids: Vec::new(),
-        prompt_tokens: 0,
-        reused_tokens: 0,
-        stop: StopReason::Cancelled,
-        timings: Timings::default(),
-    }
-}
-
-fn load_pipeline(req: &LoadRequest, counter: Arc<LoadCounter>) -> Result<(Pipeline, Option<String>)> {
-    let (device, device_note) = select_device(&req.device)?;
-    let (dtype, dtype_note) = crate::device::effective_dtype(&device, parse_dtype(&req.dtype)?);
-    let note = match (device_note, dtype_note) {
-        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-        (a, b) => a.or(b),
-    };
-    let spec = ModelSpec {
-        vision_dir: req.vision_dir.clone(),
-        llm_dir: req.llm_dir.clone(),
-        dtype,
-        device,
-        quant: req.quant,
-        llm_base: req.llm_base.clone(),
-    };
-    // A conversation may grow to the whole context; refuse what cannot fit before loading.
-    let inputs = crate::inference::PlanInputs::read(&spec)?;
-    let context = inputs.llm.max_position_embeddings;
-    inputs.check(&spec, crate::model::plan::PREFILL_CHUNK.min(context), context)?;
-    let pipeline = Pipeline::load(&spec, counter).map_err(|e| match e {
-        Error::Cancelled => Error::Request("loading was cancelled".into()),
-        other => other,
-    })?;
-    Ok((pipeline, note))
-}
-
-/// Resident set size of this process (Linux), for "how much memory did the model take".
-pub fn process_rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::StopReason;
     use std::collections::HashMap;
 
-    fn tiny_request() -> LoadRequest {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-ziya");
-        LoadRequest {
-            vision_dir: root.join("vision"),
-            llm_dir: root.join("llm"),
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            quant: None,
-            llm_base: None,
-        }
+    fn tiny_request() -> ModelChoice {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-ziya");
+        ModelChoice::folders(root.join("vision"), root.join("llm"))
     }
 
     fn wait_loaded(engine: &Engine) -> ModelSummary {
         loop {
             match engine.recv_timeout(Duration::from_secs(60)).expect("engine answers") {
-                Event::Loaded(s) => return s,
-                Event::LoadFailed(e) => panic!("load failed: {e}"),
+                Event::Loaded(s) => return *s,
+                Event::LoadFailed(e) => panic!("load failed: {}", e.message),
                 _ => {}
             }
         }
@@ -377,7 +477,7 @@ mod tests {
         let summary = loop {
             match engine.recv_timeout(Duration::from_secs(60)).unwrap() {
                 Event::LoadProgress { done, total } => progress.push((done, total)),
-                Event::Loaded(s) => break s,
+                Event::Loaded(s) => break *s,
                 other => panic!("unexpected {other:?}"),
             }
         };
@@ -472,20 +572,48 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_in_the_model_fails_that_request_and_the_engine_keeps_serving() {
+        let mut engine = Engine::spawn(Box::new(|| {}));
+        engine.send(Command::Load(tiny_request()));
+        wait_loaded(&engine);
+        engine.send(Command::Panic { id: 1 });
+        let params = SamplingParams { temperature: 0.0, max_new_tokens: 4, ..Default::default() };
+        engine.send(Command::Generate { id: 2, turns: question("还在吗？"), params });
+        match engine.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::Failed { id: 1, failure } => {
+                assert_eq!(failure.kind, FailureKind::Crashed);
+                assert!(failure.message.contains("injected fault"), "{}", failure.message);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        loop {
+            match engine.recv_timeout(Duration::from_secs(60)).unwrap() {
+                Event::Token { id: 2, .. } => {}
+                Event::Finished { id: 2, generation } => {
+                    assert_eq!(generation.token_ids.len(), 4);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        engine.shutdown();
+    }
+
+    #[test]
     fn generating_without_a_model_fails_politely_and_shutdown_joins() {
         let mut engine = Engine::spawn(Box::new(|| {}));
         engine.send(Command::Generate { id: 3, turns: question("hi"), params: SamplingParams::default() });
         match engine.recv_timeout(Duration::from_secs(10)).unwrap() {
-            Event::Failed { id: 3, message } => assert!(message.contains("no model")),
+            Event::Failed { id: 3, failure } => assert!(failure.message.contains("no model")),
             other => panic!("unexpected {other:?}"),
         }
         let mut bad = tiny_request();
-        bad.llm_dir = PathBuf::from("/nonexistent/llm");
+        bad.llm = crate::model::choice::LlmSource::Folder("/nonexistent/llm".into());
         engine.send(Command::Load(bad));
         loop {
             match engine.recv_timeout(Duration::from_secs(10)).unwrap() {
-                Event::LoadFailed(msg) => {
-                    assert!(msg.contains("/nonexistent/llm"), "{msg}");
+                Event::LoadFailed(f) => {
+                    assert!(f.message.contains("/nonexistent/llm"), "{}", f.message);
                     break;
                 }
                 Event::LoadProgress { .. } => {}

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
-use crate::session::{write_atomic, Session, Turn};
+use crate::fs::write_atomic;
+use crate::session::{Session, Turn};
 
 /// A file name from a conversation title (no path separators or control characters).
 pub fn file_stem_from(title: &str) -> String {
@@ -89,7 +90,7 @@ pub fn write_markdown(session: &Session, parent: &Path) -> Result<PathBuf> {
             match session.images.get(hash) {
                 Some(img) => match &img.bytes {
                     Some(bytes) => {
-                        let file = format!("{hash}.{}", crate::session::extension_of(&img.mime));
+                        let file = format!("{hash}.{}", crate::session::images::extension_of(&img.mime));
                         write_atomic(&images_dir.join(&file), bytes)?;
                         let _ = writeln!(md, "![{}](images/{file})\n", img.name.replace(']', "\\]"));
                     }
@@ -167,7 +168,7 @@ pub fn render_html(session: &Session) -> String {
         escape(&session.title),
         // The bundled CJK font for Chinese text (unicode-range: the browser knows up front which
         // text needs it and waits for it, instead of drawing boxes and never repainting).
-        base64::engine::general_purpose::STANDARD.encode(crate::ui::fonts::BUNDLED_CJK),
+        base64::engine::general_purpose::STANDARD.encode(crate::assets::BUNDLED_CJK_FONT),
         escape(&session.title),
         escape(&model_line(session).replace('`', ""))
     );

@@ -3,63 +3,19 @@
 //! computes what is new.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use serde::Serialize;
 
 use crate::chat::{ChatTemplate, ChatTurn, Prompt, PromptItem, PromptPiece};
 use crate::error::{Error, Result};
+use crate::generation::{Generation, StopReason, Timings};
+use crate::model::files::LoadedModel;
 use crate::model::llama::KvCache;
-use crate::model::weights::LoadCounter;
-use crate::model::{ModelSpec, ZiyaVisual};
+use crate::model::ZiyaVisual;
 use crate::preprocess;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{ChatTokenizer, StreamDecoder};
-
-/// Seconds spent in each phase of one answer.
-#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct Timings {
-    pub load_s: f64,
-    pub image_s: f64,
-    pub prefill_s: f64,
-    pub decode_s: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    Eos,
-    MaxTokens,
-    Cancelled,
-}
-
-#[derive(Debug, Clone)]
-pub struct Generation {
-    /// Exactly the tokenizer's decode of `token_ids` (special tokens skipped).
-    pub text: String,
-    /// Generated ids, EOS excluded.
-    pub token_ids: Vec<u32>,
-    /// Positions in the prompt: text tokens plus num_query_tokens per image.
-    pub prompt_tokens: usize,
-    /// Of those, positions whose keys and values were reused from the previous prompt.
-    pub reused_tokens: usize,
-    pub stop: StopReason,
-    pub timings: Timings,
-}
-
-impl Generation {
-    pub fn generated_tokens(&self) -> usize {
-        self.token_ids.len()
-    }
-
-    /// Decode speed in tokens per second, when there was decoding to time.
-    pub fn tokens_per_second(&self) -> Option<f64> {
-        (self.timings.decode_s > 0.0 && self.token_ids.len() > 1)
-            .then(|| (self.token_ids.len() - 1) as f64 / self.timings.decode_s)
-    }
-}
 
 /// Image embeddings kept for reuse; a conversation rarely has more images than this.
 const IMAGE_CACHE_ENTRIES: usize = 64;
@@ -74,105 +30,11 @@ pub struct Pipeline {
     kv_items: Vec<PromptItem>,
 }
 
-/// What the memory planner needs from a model's folders, read once (configs, file precision,
-/// and the quantization a GGUF already has).
-pub struct PlanInputs {
-    pub vision: crate::model::config::VisionRepoConfig,
-    pub llm: crate::model::config::LlamaConfig,
-    file_quant: Option<crate::model::layers::Quant>,
-    vision_file_dtype: DType,
-    llm_file_dtype: DType,
-}
-
-impl PlanInputs {
-    pub fn read(spec: &ModelSpec) -> Result<Self> {
-        use crate::model::plan::stored_dtype;
-        let torch_dtype = |dir: &std::path::Path| -> Option<String> {
-            let v: serde_json::Value = crate::model::config::read_json(&dir.join("config.json")).ok()?;
-            v.get("torch_dtype")?.as_str().map(str::to_string)
-        };
-        Ok(Self {
-            vision: crate::model::read_vision_config(&spec.vision_dir)?,
-            llm: crate::model::read_llm_config(&spec.llm_dir)?,
-            // A GGUF from `ziya-visual quantize` is already quantized.
-            file_quant: gguf_quant(&spec.llm_dir),
-            vision_file_dtype: stored_dtype(torch_dtype(&spec.vision_dir).as_deref(), DType::F32),
-            llm_file_dtype: stored_dtype(torch_dtype(&spec.llm_dir).as_deref(), DType::F16),
-        })
-    }
-
-    fn request(&self, spec: &ModelSpec, prompt: usize, context: usize) -> crate::model::plan::PlanRequest<'_> {
-        crate::model::plan::PlanRequest {
-            vision: &self.vision,
-            llm: &self.llm,
-            dtype: spec.dtype,
-            quant: spec.quant.or(self.file_quant),
-            vision_file_dtype: self.vision_file_dtype,
-            llm_file_dtype: self.llm_file_dtype,
-            prompt,
-            context: context.min(self.llm.max_position_embeddings),
-            on_cpu: spec.device.is_cpu(),
-            delta: spec.llm_base.is_some(),
-        }
-    }
-
-    /// The memory `spec` needs for a conversation of `prompt` positions growing to `context`.
-    pub fn plan(&self, spec: &ModelSpec, prompt: usize, context: usize) -> crate::model::plan::Plan {
-        crate::model::plan::estimate(&self.request(spec, prompt, context))
-    }
-
-    /// The plan, or a refusal with the numbers and a quantization that would fit when it does
-    /// not fit in the device's free memory.
-    pub fn check(&self, spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
-        use crate::model::plan::{available_bytes, check_fits, estimate};
-        let request = self.request(spec, prompt, context);
-        let plan = estimate(&request);
-        check_fits(&plan, available_bytes(&spec.device), &request).map_err(Error::Request)?;
-        Ok(plan)
-    }
-}
-
-/// The memory `spec` needs for a conversation of `prompt` positions growing to `context`.
-pub fn memory_plan(spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
-    Ok(PlanInputs::read(spec)?.plan(spec, prompt, context))
-}
-
-/// Refuses a model that does not fit in the device's free memory (see `PlanInputs::check`).
-pub fn check_memory(spec: &ModelSpec, prompt: usize, context: usize) -> Result<crate::model::plan::Plan> {
-    PlanInputs::read(spec)?.check(spec, prompt, context)
-}
-
-fn gguf_quant(path: &std::path::Path) -> Option<crate::model::layers::Quant> {
-    if !crate::model::weights::is_gguf(path) {
-        return None;
-    }
-    let content = crate::model::weights::read_gguf(path).ok()?;
-    crate::model::layers::Quant::parse(&crate::model::weights::gguf_string(&content, crate::model::gguf::QUANT_KEY)?)
-}
-
 impl Pipeline {
-    pub fn load(spec: &ModelSpec, counter: Arc<LoadCounter>) -> Result<Self> {
-        // Cheap checks first, so a wrong folder is reported before minutes of weight loading.
-        crate::model::read_vision_config(&spec.vision_dir)?;
-        crate::model::read_llm_config(&spec.llm_dir)?;
-        let tokenizer = ChatTokenizer::from_dir(&spec.llm_dir)?;
-        let model = ZiyaVisual::load(spec, counter)?;
-        Self::new(model, tokenizer)
-    }
-
-    pub fn new(model: ZiyaVisual, tokenizer: ChatTokenizer) -> Result<Self> {
-        let vocab = model.llm.config().vocab_size;
-        if tokenizer.vocab_size() > vocab {
-            return Err(Error::Tokenizer {
-                path: tokenizer.path().to_path_buf(),
-                msg: format!(
-                    "has {} tokens but the LLM's vocabulary is {vocab}: tokenizer and weights do not belong together",
-                    tokenizer.vocab_size()
-                ),
-            });
-        }
+    pub fn new(loaded: LoadedModel) -> Self {
+        let LoadedModel { model, tokenizer } = loaded;
         let template = ChatTemplate::from_config(&model.vision_config);
-        Ok(Self {
+        Self {
             model,
             tokenizer,
             template,
@@ -180,7 +42,7 @@ impl Pipeline {
             image_cache_order: Vec::new(),
             kv: KvCache::new(),
             kv_items: Vec::new(),
-        })
+        }
     }
 
     pub fn query_tokens(&self) -> usize {

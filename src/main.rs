@@ -1,32 +1,17 @@
 use clap::Parser;
-use ziya_visual::cli::{run_ask, Cli, Command};
+use ziya_visual::cli::Cli;
 
 fn main() {
-    let cli = Cli::parse();
+    ziya_visual::engine::quiet_engine_panics();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_on_bad_arguments(e),
+    };
     let result = match &cli.command {
-        Some(Command::Ask(args)) => run_ask(args),
-        Some(Command::Export { session, html, markdown }) => {
-            ziya_visual::cli::run_export(session, html.as_deref(), markdown.as_deref())
-        }
-        Some(Command::Quantize { llm_model, llm_base, quant, out }) => {
-            ziya_visual::cli::run_quantize(llm_model, llm_base.as_deref(), *quant, out)
-        }
-        Some(Command::MergeDelta { base, delta, out }) => ziya_visual::cli::run_merge_delta(base, delta, out),
-        Some(Command::Plan { vision_model, llm_model, dtype, quant, device, prompt, context }) => {
-            ziya_visual::cli::run_plan(vision_model, llm_model, dtype, *quant, device, *prompt, *context)
-        }
-        Some(Command::MakeRandomModel { preset, out, seed }) => ziya_visual::model::random::write(out, *preset, *seed)
-            .map(|(v, l)| {
-                println!("{}\n{}", v.display(), l.display());
-            }),
+        Some(command) => ziya_visual::cli::run(command),
         None => {
             let options = ziya_visual::ui::AppOptions {
-                vision_model: cli.vision_model.clone(),
-                llm_model: cli.llm_model.clone().or_else(|| cli.llm_delta.clone()),
-                llm_base: cli.llm_base.clone(),
-                device: cli.device.clone(),
-                dtype: cli.dtype.clone(),
-                quant: cli.quant,
+                model: cli.model.overrides(),
                 demo: cli.demo,
                 session: cli.session.clone(),
                 ..Default::default()
@@ -38,6 +23,22 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// Help and version print as clap lays them out; a bad argument is one `error:` line naming it
+/// (the same shape as every other error), without clap's usage block.
+fn exit_on_bad_arguments(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let line = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    eprintln!("error: {}", line.trim_start_matches("error: ").trim());
+    std::process::exit(2);
 }
 
 /// The CUDA runtime's registration entry points, defined here (the binary's own object is always

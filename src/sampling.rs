@@ -119,7 +119,7 @@ impl Sampler {
             }
         }
         if p.temperature == 0.0 {
-            return crate::model::layers::argmax(logits).unwrap_or(0) as u32;
+            return argmax(logits).unwrap_or(0) as u32;
         }
         let mut cands: Vec<(u32, f32)> = logits
             .iter()
@@ -161,6 +161,20 @@ impl Sampler {
         }
         cands[keep - 1].0
     }
+}
+
+/// Index of the largest value, the first one on ties (as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 #[cfg(test)]

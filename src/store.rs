@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::session::{images_dir_name, write_atomic, ImageStorage, Session};
+use crate::fs::write_atomic;
+use crate::session::{images_dir_name, ImageStorage, Session};
 
 /// What the sidebar shows for one saved conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +96,7 @@ impl SessionStore {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && name.contains(".tmp-") {
+            if crate::fs::is_temporary(&name) {
                 let _ = std::fs::remove_file(e.path());
             }
         }

@@ -18,20 +18,8 @@ pub struct ChatTokenizer {
 }
 
 impl ChatTokenizer {
-    /// Loads `tokenizer.json` from the LLM folder, falling back to `tokenizer.model`. For a
-    /// `.gguf` from `ziya-visual quantize`: the tokenizer it carries, else the files beside it.
+    /// Loads `tokenizer.json` from the LLM folder, falling back to `tokenizer.model`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        if crate::model::weights::is_gguf(dir) {
-            let content = crate::model::weights::read_gguf(dir)?;
-            if let Some(json) = crate::model::weights::gguf_string(&content, crate::model::gguf::TOKENIZER_KEY) {
-                let inner = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::Tokenizer {
-                    path: dir.to_path_buf(),
-                    msg: format!("the embedded tokenizer cannot be loaded: {e}"),
-                })?;
-                return Ok(Self::wrap(inner, dir));
-            }
-            return Self::from_dir(dir.parent().unwrap_or(Path::new(".")));
-        }
         let json = dir.join("tokenizer.json");
         if json.is_file() {
             return Self::from_json_file(&json);
@@ -44,6 +32,15 @@ impl ChatTokenizer {
             path: dir.to_path_buf(),
             msg: "the LLM folder has neither tokenizer.json nor tokenizer.model".into(),
         })
+    }
+
+    /// A tokenizer.json given as text (e.g. the one a GGUF carries); `source` names it in errors.
+    pub fn from_json_str(json: &str, source: &Path) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::Tokenizer {
+            path: source.to_path_buf(),
+            msg: format!("the embedded tokenizer cannot be loaded: {e}"),
+        })?;
+        Ok(Self::wrap(inner, source))
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {

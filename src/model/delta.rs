@@ -158,9 +158,8 @@ pub fn merge_to_dir(
             header_bytes.push(b' ');
         }
         let final_path = out.join(&file_name);
-        let tmp = out.join(format!(".{file_name}.tmp-{}", std::process::id()));
-        let io = |e: std::io::Error| Error::io(&tmp, e);
-        let mut w = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp).map_err(io)?);
+        let io = |e: std::io::Error| Error::io(&final_path, e);
+        let mut w = crate::fs::AtomicFile::create(&final_path)?;
         w.write_all(&(header_bytes.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&header_bytes).map_err(io)?;
         for item in shard {
@@ -195,13 +194,11 @@ pub fn merge_to_dir(
             done.bytes += item.bytes;
             progress(done);
         }
-        w.flush().map_err(io)?;
-        w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &final_path).map_err(|e| Error::io(&final_path, e))?;
+        w.commit()?;
     }
     if n > 1 {
         let index = json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map});
-        crate::session::write_atomic(
+        crate::fs::write_atomic(
             &out.join("model.safetensors.index.json"),
             &serde_json::to_vec_pretty(&index).map_err(|e| Error::Request(e.to_string()))?,
         )?;

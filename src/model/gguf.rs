@@ -11,14 +11,60 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device};
 
+use super::config::LlamaConfig;
 use super::layers::Quant;
 use super::shapes::llm_tensors;
-use super::weights::{Checkpoint, LoadCounter};
+use super::weights::{gguf_string, read_gguf, Checkpoint, LoadCounter};
 use crate::error::{Error, Result};
+use crate::tokenizer::ChatTokenizer;
 
 pub const CONFIG_KEY: &str = "ziya.config_json";
 pub const TOKENIZER_KEY: &str = "ziya.tokenizer_json";
 pub const QUANT_KEY: &str = "ziya.quantization";
+
+/// What a GGUF written by `quantize` carries besides its tensors, read from its header.
+pub struct GgufHeader {
+    pub path: PathBuf,
+    /// The LLM's config.json text.
+    pub config_json: Option<String>,
+    /// tokenizer.json text.
+    pub tokenizer_json: Option<String>,
+    /// The block format its linear layers were quantized to.
+    pub quant: Option<Quant>,
+}
+
+impl GgufHeader {
+    pub fn read(path: &Path) -> Result<Self> {
+        let content = read_gguf(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            config_json: gguf_string(&content, CONFIG_KEY),
+            tokenizer_json: gguf_string(&content, TOKENIZER_KEY),
+            quant: gguf_string(&content, QUANT_KEY).and_then(|q| Quant::parse(&q)),
+        })
+    }
+
+    /// The LLM config it carries.
+    pub fn llm_config(&self) -> Result<LlamaConfig> {
+        let text = self.config_json.as_deref().ok_or_else(|| Error::Config {
+            path: self.path.clone(),
+            msg: "this GGUF has no embedded config.json (only files written by `ziya-visual quantize` are supported)"
+                .into(),
+        })?;
+        let cfg: LlamaConfig =
+            serde_json::from_str(text).map_err(|e| Error::Config { path: self.path.clone(), msg: e.to_string() })?;
+        cfg.validate(&self.path)?;
+        Ok(cfg)
+    }
+
+    /// The tokenizer it carries, else the one in the folder beside it.
+    pub fn tokenizer(&self) -> Result<ChatTokenizer> {
+        match &self.tokenizer_json {
+            Some(json) => ChatTokenizer::from_json_str(json, &self.path),
+            None => ChatTokenizer::from_dir(self.path.parent().unwrap_or(Path::new("."))),
+        }
+    }
+}
 
 /// Quantizes the LLM in `llm_dir` (or the delta in `llm_dir` over `base`) into `out`.
 pub fn quantize_to_gguf(
@@ -38,7 +84,7 @@ pub fn quantize_to_gguf(
     // The tokenizer as tokenizer.json text (converted from tokenizer.model when that is all there is).
     let tokenizer_json = match std::fs::read_to_string(llm_dir.join("tokenizer.json")) {
         Ok(t) => t,
-        Err(_) => crate::tokenizer::ChatTokenizer::from_dir(llm_dir)?.to_json()?,
+        Err(_) => ChatTokenizer::from_dir(llm_dir)?.to_json()?,
     };
     let list = llm_tensors(&cfg);
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(list.len());
@@ -68,22 +114,8 @@ pub fn quantize_to_gguf(
     ];
     let metadata: Vec<(&str, &gguf_file::Value)> = meta_values.iter().map(|(k, v)| (*k, v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        out.file_name().and_then(|n| n.to_str()).unwrap_or("model.gguf"),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = std::io::BufWriter::new(file);
-        gguf_file::write(&mut w, &metadata, &refs)?;
-        let file = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map(|_| out.to_path_buf())
+    let mut w = crate::fs::AtomicFile::create(out)?;
+    gguf_file::write(&mut w, &metadata, &refs)?;
+    w.commit()?;
+    Ok(out.to_path_buf())
 }

@@ -8,23 +8,23 @@ use super::weights::Weights;
 use crate::error::Result;
 
 /// Weight quantization for the LLM's linear layers (ggml block formats).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Quant {
     /// 8 bits per weight plus a scale per 32 (8.5 bits).
-    #[value(name = "q8_0")]
     #[serde(rename = "q8_0")]
     Q8_0,
     /// 6-bit k-quant (6.56 bits per weight).
-    #[value(name = "q6k")]
     #[serde(rename = "q6k")]
     Q6K,
     /// 4-bit k-quant (4.5 bits per weight).
-    #[value(name = "q4k")]
     #[serde(rename = "q4k")]
     Q4K,
 }
 
 impl Quant {
+    /// Best quality first.
+    pub const ALL: [Quant; 3] = [Quant::Q8_0, Quant::Q6K, Quant::Q4K];
+
     pub fn ggml(self) -> GgmlDType {
         match self {
             Quant::Q8_0 => GgmlDType::Q8_0,
@@ -63,12 +63,7 @@ impl Quant {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "q8_0" => Some(Quant::Q8_0),
-            "q6k" => Some(Quant::Q6K),
-            "q4k" => Some(Quant::Q4K),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|q| q.name() == name)
     }
 }
 
@@ -197,20 +192,6 @@ pub fn split_heads(xs: &Tensor, heads: usize) -> CResult<Tensor> {
 pub fn merge_heads(xs: &Tensor) -> CResult<Tensor> {
     let (b, h, t, hd) = xs.dims4()?;
     xs.transpose(1, 2)?.reshape((b, t, h * hd))
-}
-
-/// Index of the largest value, the first one on ties (as `torch.argmax`).
-pub fn argmax(values: &[f32]) -> Option<usize> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &v) in values.iter().enumerate() {
-        if v.is_nan() {
-            continue;
-        }
-        if best.is_none_or(|(_, b)| v > b) {
-            best = Some((i, v));
-        }
-    }
-    best.map(|(i, _)| i)
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ struct LayerCache {
     len: usize,
 }
 
-/// Positions added to a cache buffer at a time when it must grow.
-const CACHE_STEP: usize = 256;
+/// Positions added to a cache buffer at a time when it must grow (the planner sizes by it too).
+pub const CACHE_STEP: usize = 256;
 
 impl KvCache {
     pub fn new() -> Self {

@@ -1,8 +1,10 @@
 //! Ziya-Visual: BLIP-2 vision tower + Q-Former + language projection (the vision repo) feeding a
 //! LLaMA decoder (the LLM repo). One file per network part, candle style.
 
+pub mod choice;
 pub mod config;
 pub mod delta;
+pub mod files;
 pub mod gguf;
 pub mod layers;
 pub mod llama;
@@ -13,7 +15,7 @@ pub mod shapes;
 pub mod vision;
 pub mod weights;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -25,20 +27,6 @@ use llama::Llama;
 use qformer::QFormer;
 use vision::VisionModel;
 use weights::{Checkpoint, LoadCounter, Weights};
-
-/// Where the model comes from and how to run it.
-#[derive(Debug, Clone)]
-pub struct ModelSpec {
-    pub vision_dir: PathBuf,
-    pub llm_dir: PathBuf,
-    pub dtype: DType,
-    pub device: Device,
-    /// Quantize the LLM's linear layers while loading.
-    pub quant: Option<Quant>,
-    /// When set, `llm_dir` is the published Ziya delta and this is Meta's LLaMA base: the
-    /// LLM loads as base + delta.
-    pub llm_base: Option<PathBuf>,
-}
 
 pub struct ZiyaVisual {
     vision: VisionModel,
@@ -75,16 +63,7 @@ pub fn read_vision_config(dir: &Path) -> Result<VisionRepoConfig> {
 /// Reads the LLM folder's config.json (or the one a `.gguf` from `ziya-visual quantize` carries).
 pub fn read_llm_config(dir: &Path) -> Result<LlamaConfig> {
     if weights::is_gguf(dir) {
-        let content = weights::read_gguf(dir)?;
-        let text = weights::gguf_string(&content, gguf::CONFIG_KEY).ok_or_else(|| Error::Config {
-            path: dir.to_path_buf(),
-            msg: "this GGUF has no embedded config.json (only files written by `ziya-visual quantize` are supported)"
-                .into(),
-        })?;
-        let cfg: LlamaConfig =
-            serde_json::from_str(&text).map_err(|e| Error::Config { path: dir.to_path_buf(), msg: e.to_string() })?;
-        cfg.validate(dir)?;
-        return Ok(cfg);
+        return gguf::GgufHeader::read(dir)?.llm_config();
     }
     let path = dir.join("config.json");
     if !path.is_file() {
@@ -109,26 +88,16 @@ pub fn read_llm_config(dir: &Path) -> Result<LlamaConfig> {
 }
 
 impl ZiyaVisual {
-    /// Loads both folders. `counter` receives the byte totals up front and progress as tensors load.
-    pub fn load(spec: &ModelSpec, counter: Arc<LoadCounter>) -> Result<Self> {
-        let vision_config = read_vision_config(&spec.vision_dir)?;
-        let llm_config = read_llm_config(&spec.llm_dir)?;
-        let vckpt = Arc::new(Checkpoint::open_dir(&spec.vision_dir, counter.clone())?);
-        let lckpt = Arc::new(match &spec.llm_base {
-            Some(base) => Checkpoint::open_delta(base, &spec.llm_dir, counter.clone())?,
-            None => Checkpoint::open(&spec.llm_dir, counter.clone())?,
-        });
-        Self::from_checkpoints((vision_config, llm_config), (vckpt, lckpt), spec, &counter)
-    }
-
-    /// Builds the model from open checkpoints (vision repo, LLM), in the spec's precision.
+    /// Builds the model from open checkpoints (vision repo, LLM) where `place` says, the LLM's
+    /// linear layers quantized to `quant` when given (a GGUF's already are).
     pub fn from_checkpoints(
         (vision_config, llm_config): (VisionRepoConfig, LlamaConfig),
         (vckpt, lckpt): (Arc<Checkpoint>, Arc<Checkpoint>),
-        spec: &ModelSpec,
+        place: &crate::device::Placement,
+        quant: Option<Quant>,
         counter: &LoadCounter,
     ) -> Result<Self> {
-        let (dtype, quant, device) = (spec.dtype, spec.quant, &spec.device);
+        let (dtype, device) = (place.dtype, &place.device);
         if !vckpt.contains("vision_model.embeddings.class_embedding") {
             return Err(Error::checkpoint(
                 vckpt.dir(),

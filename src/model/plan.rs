@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::config::{LlamaConfig, VisionRepoConfig};
 use super::layers::Quant;
+use super::llama::CACHE_STEP;
 use super::shapes::{llm_tensors, projection_tensors, vision_tensors};
 
 /// What the program itself takes besides the model (code, tokenizer, allocator, an image):
@@ -16,9 +17,6 @@ use super::shapes::{llm_tensors, projection_tensors, vision_tensors};
 /// the medium random model brings every estimate to at or above the measured peak. (The window's
 /// own memory is already in use when it plans, so free memory has accounted for it.)
 pub const RUNTIME_BYTES: u64 = 64 << 20;
-
-/// Positions a KV-cache buffer grows by (see `model::llama`).
-const CACHE_STEP: usize = 256;
 
 /// Prompts are prefilled in chunks of at most this many positions, bounding activations.
 pub const PREFILL_CHUNK: usize = 512;

@@ -13,7 +13,7 @@ use super::config::{LlamaConfig, VisionRepoConfig};
 use super::shapes::{llm_tensors, projection_tensors, vision_tensors, TensorList};
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// ViT-B-sized tower, full Q-Former, 8-layer 2048-wide LLaMA (about 0.8 + 1.1 GB).
     Medium,
@@ -153,6 +153,9 @@ pub fn write(out: &Path, preset: Preset, seed: u64) -> Result<(PathBuf, PathBuf)
     vision.extend(projection_tensors(&vcfg, lcfg.hidden_size));
     write_shards(&vision_dir, &vision, DType::F32, seed, usize::MAX)?;
     write_shards(&llm_dir, &llm_tensors(&lcfg), DType::F16, seed.wrapping_add(1), 2 << 30)?;
-    crate::demo::write_tokenizer(&llm_dir)?;
+    // The tiny checkpoint's tokenizer: random weights make any text noise anyway.
+    for (name, bytes) in crate::assets::tiny_tokenizer_files() {
+        crate::fs::write_atomic(&llm_dir.join(name), bytes)?;
+    }
     Ok((vision_dir, llm_dir))
 }

@@ -8,7 +8,8 @@ use egui::epaint::text::{FallbackRequest, FontData, FontInsert, FontPriority, Fo
 use egui::FontFamily;
 use skrifa::{FontRef, MetadataProvider};
 
-pub static BUNDLED_CJK: &[u8] = include_bytes!("../../assets/fonts/NotoSansSC-Regular-subset.otf");
+use crate::assets::BUNDLED_CJK_FONT as BUNDLED_CJK;
+
 const NAME: &str = "Noto Sans SC (bundled subset)";
 
 struct BundledCjk {

@@ -1,7 +1,8 @@
 //! The desktop app: an egui window with drag-and-drop images and a streaming chat, talking to the
-//! engine thread over channels. Views (`views.rs`) render [`state::AppState`] and emit intents;
-//! [`ZiyaApp::apply`] is the one place that acts on them.
+//! engine thread over channels. `state.rs` holds what is shown and the intents; `views/` draws
+//! it; `app/` acts on intents and on what the engine and workers send.
 
+pub mod app;
 pub mod fonts;
 pub mod i18n;
 pub mod images;
@@ -9,9 +10,7 @@ pub mod state;
 mod views;
 
 pub use app::{AppOptions, ZiyaApp};
-pub use views::COMPOSER_ID;
-
-mod app;
+pub use views::{displayable, COMPOSER_ID};
 
 /// Opens the window (blocking until it is closed).
 pub fn run(options: AppOptions) -> anyhow::Result<()> {

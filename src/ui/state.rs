@@ -1,6 +1,6 @@
-//! What the window shows, and the intents the views emit. Views render [`AppState`] and push
-//! [`Intent`]s; `ZiyaApp::apply` (in `mod.rs`) is the one place state changes in response, and the
-//! engine's events are folded in by [`AppState::on_engine_event`].
+//! What the window shows, and the intents the views emit. Views draw [`AppState`] and push
+//! [`Intent`]s; `ZiyaApp::apply` (`app/commands.rs`) is the one place state changes in response,
+//! and what the engine, the image workers and the planner send is folded in by `app/effects.rs`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,25 +9,22 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::ImageData;
-use crate::engine::{Event, ModelSummary, RequestId};
-use crate::inference::Generation;
+use crate::device::{DeviceKind, Precision};
+use crate::engine::{ModelSummary, RequestId};
+use crate::model::choice::ModelChoice;
+use crate::model::layers::Quant;
+use crate::model::plan::Plan;
 use crate::sampling::SamplingParams;
-use crate::session::{NewTurn, Session, TurnId, TurnStats};
-use crate::ui::i18n::{fill, Lang, Tr};
+use crate::session::{Session, TurnId};
+use crate::store::SessionEntry;
+use crate::ui::i18n::{Lang, Tr};
 
 /// Remembered across restarts (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Prefs {
-    pub vision_dir: String,
-    pub llm_dir: String,
-    pub device: String,
-    pub dtype: String,
-    /// "" for none, or q8_0 / q6k / q4k.
-    pub quant: String,
-    /// The LLM folder is the published Ziya delta over this LLaMA base (merged while loading).
-    pub use_delta: bool,
-    pub llm_base_dir: String,
+    /// The model chosen in the panel (loaded at start when it was loaded last time).
+    pub model: ModelChoice,
     pub sampling: SamplingParams,
     pub lang: Option<Lang>,
     pub show_side_panel: bool,
@@ -35,27 +32,19 @@ pub struct Prefs {
 
 impl Default for Prefs {
     fn default() -> Self {
-        Self {
-            vision_dir: String::new(),
-            llm_dir: String::new(),
-            device: if cfg!(feature = "cuda") { "cuda".into() } else { "cpu".into() },
-            dtype: "f32".into(),
-            quant: String::new(),
-            use_delta: false,
-            llm_base_dir: String::new(),
-            sampling: SamplingParams::default(),
-            lang: None,
-            show_side_panel: true,
-        }
+        Self { model: ModelChoice::default(), sampling: SamplingParams::default(), lang: None, show_side_panel: true }
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelStatus {
-    Empty,
-    Loading { done: u64, total: u64 },
-    Ready(Box<ModelSummary>),
-    Failed(String),
+/// The engine's model as the window knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelState {
+    /// The model that answers questions now.
+    pub loaded: Option<Box<ModelSummary>>,
+    /// A load under way: bytes read so far and in all.
+    pub loading: Option<(u64, u64)>,
+    /// Why the last load did not happen (the loaded model, if any, is still there).
+    pub load_error: Option<String>,
 }
 
 /// An answer being generated.
@@ -68,9 +57,6 @@ pub struct Pending {
     pub query: String,
     pub answer: String,
     pub settings: SamplingParams,
-    pub started: Instant,
-    /// The session the answer belongs to; events for another session's request are dropped.
-    pub session_id: Option<String>,
 }
 
 /// An image attached to the question being written.
@@ -110,13 +96,56 @@ pub struct Notice {
     pub at: Instant,
 }
 
+/// Why a question cannot be sent now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendBlocker {
+    Loading,
+    NoModel,
+    Busy,
+    AttachmentsLoading,
+    Empty,
+}
+
+impl SendBlocker {
+    pub fn text(self, tr: &Tr) -> &'static str {
+        match self {
+            SendBlocker::Loading => tr.why_loading,
+            SendBlocker::NoModel => tr.why_no_model,
+            SendBlocker::Busy => tr.why_busy,
+            SendBlocker::AttachmentsLoading => tr.why_attachments_loading,
+            SendBlocker::Empty => tr.why_empty,
+        }
+    }
+}
+
+/// The memory the panel's model needs with each quantization, worked out off the UI thread.
+#[derive(Debug, Clone)]
+pub struct PlanRows {
+    /// The choice the rows are for.
+    pub choice: ModelChoice,
+    /// Per quantization (`None` first): its estimate; or why the folders cannot be read.
+    pub rows: Result<Vec<(Option<Quant>, Plan)>, String>,
+    /// Free memory of the device, when known.
+    pub free: Option<u64>,
+}
+
+impl PlanRows {
+    pub fn total(&self, quant: Option<Quant>) -> Option<u64> {
+        self.rows.as_ref().ok()?.iter().find(|(q, _)| *q == quant).map(|(_, p)| p.total)
+    }
+}
+
 /// Everything the views emit.
 #[derive(Debug, Clone)]
 pub enum Intent {
     Send,
     Stop,
+    SetComposerText(String),
     Regenerate(TurnId),
     StartEdit(TurnId),
+    SetEditText(String),
+    /// Drops the image at this index from the question being edited.
+    RemoveEditImage(usize),
     CancelEdit,
     SubmitEdit,
     DeleteTurn(TurnId),
@@ -129,6 +158,14 @@ pub enum Intent {
     PickLlmDir,
     PickLlmBaseDir,
     PickLlmGguf,
+    SetVisionPath(PathBuf),
+    SetLlmPath(PathBuf),
+    SetUseDelta(bool),
+    SetBasePath(PathBuf),
+    SetDevice(DeviceKind),
+    SetPrecision(Precision),
+    SetQuant(Option<Quant>),
+    SetSampling(SamplingParams),
     LoadModel,
     UseDemoModel,
     CancelLoad,
@@ -137,6 +174,8 @@ pub enum Intent {
     OpenSession(String),
     DeleteSession(String),
     StartRename(String),
+    SetRenameText(String),
+    /// Renames a conversation (an empty title cancels).
     RenameSession(String, String),
     OpenSessionFile(PathBuf),
     PickSessionFile,
@@ -147,15 +186,18 @@ pub enum Intent {
     SetLang(Lang),
     DismissNotice(usize),
     ToggleSidePanel,
+    Quit,
 }
 
 pub struct AppState {
     pub lang: Lang,
     pub prefs: Prefs,
-    pub model: ModelStatus,
+    pub model: ModelState,
     pub session: Session,
     /// Store id of the conversation shown; `None` until it is first saved.
     pub session_id: Option<String>,
+    /// The saved conversations, newest first (the sidebar).
+    pub sessions: Vec<(String, SessionEntry)>,
     pub pending: Option<Pending>,
     pub composer: Composer,
     pub editing: Option<Editing>,
@@ -166,6 +208,8 @@ pub struct AppState {
     pub last_speed: Option<f64>,
     /// A conversation being renamed in the sidebar: its id and the title being typed.
     pub renaming: Option<(String, String)>,
+    /// Memory estimates for the panel's choice (recomputed off the UI thread when it changes).
+    pub plans: Option<PlanRows>,
 }
 
 impl AppState {
@@ -173,9 +217,10 @@ impl AppState {
         Self {
             lang: prefs.lang.unwrap_or_else(Lang::from_system),
             prefs,
-            model: ModelStatus::Empty,
+            model: ModelState::default(),
             session: Session::new(),
             session_id: None,
+            sessions: Vec::new(),
             pending: None,
             composer: Composer::default(),
             editing: None,
@@ -184,6 +229,7 @@ impl AppState {
             next_key: 1,
             last_speed: None,
             renaming: None,
+            plans: None,
         }
     }
 
@@ -199,7 +245,11 @@ impl AppState {
     }
 
     pub fn is_loading(&self) -> bool {
-        matches!(self.model, ModelStatus::Loading { .. })
+        self.model.loading.is_some()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.model.loaded.is_some() && !self.is_loading()
     }
 
     pub fn is_busy(&self) -> bool {
@@ -207,21 +257,21 @@ impl AppState {
     }
 
     /// Why a question cannot be sent now, if it cannot.
-    pub fn send_blocker(&self) -> Option<&'static str> {
-        let tr = self.tr();
-        match &self.model {
-            ModelStatus::Loading { .. } => return Some(tr.why_loading),
-            ModelStatus::Ready(_) => {}
-            _ => return Some(tr.why_no_model),
+    pub fn send_blocker(&self) -> Option<SendBlocker> {
+        if self.is_loading() {
+            return Some(SendBlocker::Loading);
+        }
+        if self.model.loaded.is_none() {
+            return Some(SendBlocker::NoModel);
         }
         if self.pending.is_some() {
-            return Some(tr.why_busy);
+            return Some(SendBlocker::Busy);
         }
         if self.composer.attachments.iter().any(|a| a.image.is_none()) {
-            return Some(tr.why_attachments_loading);
+            return Some(SendBlocker::AttachmentsLoading);
         }
         if self.composer.text.trim().is_empty() {
-            return Some(tr.why_empty);
+            return Some(SendBlocker::Empty);
         }
         None
     }
@@ -234,86 +284,5 @@ impl AppState {
     pub fn new_request_id(&mut self) -> RequestId {
         self.next_request += 1;
         self.next_request
-    }
-
-    /// Folds an engine event into the state. Returns `true` when the session changed and should
-    /// be saved.
-    pub fn on_engine_event(&mut self, event: Event) -> bool {
-        match event {
-            Event::LoadProgress { done, total } => {
-                if self.is_loading() {
-                    self.model = ModelStatus::Loading { done, total };
-                }
-                false
-            }
-            Event::Loaded(summary) => {
-                self.model = ModelStatus::Ready(Box::new(summary));
-                false
-            }
-            Event::LoadFailed(msg) => {
-                self.model = ModelStatus::Failed(msg);
-                false
-            }
-            Event::Unloaded => {
-                self.model = ModelStatus::Empty;
-                false
-            }
-            Event::Token { id, text } => {
-                if let Some(p) = self.pending.as_mut().filter(|p| p.id == id) {
-                    p.answer.push_str(&text);
-                }
-                false
-            }
-            Event::Finished { id, generation } => {
-                if self.pending.as_ref().is_some_and(|p| p.id == id) {
-                    if let Some(p) = self.pending.take() {
-                        self.finish(p, generation);
-                        return true;
-                    }
-                }
-                false
-            }
-            Event::Failed { id, message } => {
-                if let Some(p) = self.pending.take_if(|p| p.id == id) {
-                    self.notify(NoticeKind::Error, fill(self.tr().answer_failed, &[&message]));
-                    // Give the question back so nothing typed is lost.
-                    if self.composer.text.is_empty() && self.composer.attachments.is_empty() {
-                        self.composer.text = p.query;
-                        for image in p.images {
-                            let key = self.new_key();
-                            self.composer.attachments.push(Attachment {
-                                key,
-                                name: image.name.clone(),
-                                image: Some(image),
-                            });
-                        }
-                    }
-                }
-                false
-            }
-        }
-    }
-
-    /// Records a finished (or stopped) answer as a turn of the conversation.
-    fn finish(&mut self, p: Pending, g: Generation) {
-        self.last_speed = g.tokens_per_second().or(self.last_speed);
-        // A question stopped before any text keeps its turn, marked stopped: what was asked is kept.
-        let stats = TurnStats {
-            prompt_tokens: g.prompt_tokens,
-            generated_tokens: g.generated_tokens(),
-            stop: g.stop,
-            timings: g.timings,
-        };
-        self.session.add_turn(
-            p.parent,
-            NewTurn {
-                images: p.images,
-                query: p.query,
-                answer: g.text,
-                token_ids: g.token_ids,
-                settings: Some(p.settings),
-                stats: Some(stats),
-            },
-        );
     }
 }

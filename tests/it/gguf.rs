@@ -2,13 +2,10 @@
 //! answers exactly like quantizing the same weights while loading; the published delta can be
 //! quantized in one step.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::Path;
 
-use common::*;
-use serde_json::Value;
+use crate::common::*;
 
 fn quantize(args: &[&OsStr], out: &Path) {
     let o = bin().arg("quantize").args(args).arg("--out").arg(out).output().unwrap();
@@ -17,18 +14,8 @@ fn quantize(args: &[&OsStr], out: &Path) {
 }
 
 fn ask_ids(llm: &[&OsStr]) -> Vec<u32> {
-    let o = bin()
-        .arg("ask")
-        .arg("--vision-model")
-        .arg(vision_dir())
-        .args(llm)
-        .args(["--temperature", "0", "--max-new-tokens", "16", "--json", "--image"])
-        .arg(image_path("rgba.png"))
-        .arg("这张图片里有什么？")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let j =
+        Ask::new().vision_and(&vision_dir(), llm).greedy(16).image(&image_path("rgba.png")).json("这张图片里有什么？");
     ids(&j["token_ids"])
 }
 
@@ -64,10 +51,10 @@ fn the_published_delta_quantizes_in_one_step() {
     let (base, delta) = (d.join("llama-base"), d.join("ziya-delta"));
     quantize(
         &[
-            OsStr::new("--llm-model"),
-            delta.as_os_str(),
             OsStr::new("--llm-base"),
             base.as_os_str(),
+            OsStr::new("--llm-delta"),
+            delta.as_os_str(),
             OsStr::new("--quant"),
             OsStr::new("q8_0"),
         ],
@@ -98,15 +85,7 @@ fn a_foreign_gguf_is_refused_by_name() {
     let mut f = std::fs::File::create(&file).unwrap();
     candle_core::quantized::gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("x", &t)]).unwrap();
     drop(f);
-    let o = bin()
-        .arg("ask")
-        .arg("--vision-model")
-        .arg(vision_dir())
-        .arg("--llm-model")
-        .arg(&file)
-        .arg("q")
-        .output()
-        .unwrap();
+    let o = Ask::new().models(&vision_dir(), &file).run("q");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("other.gguf") && err.contains("ziya-visual quantize"), "{err}");

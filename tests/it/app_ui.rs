@@ -2,34 +2,32 @@
 //! thread and the committed tiny checkpoint (no mock engine). Missing glyphs fail the test, so
 //! Chinese must render with the bundled font.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::app::*;
-use common::*;
 use egui::{Key, Modifiers};
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
-use ziya_visual::inference::StopReason;
+use ziya_visual::generation::StopReason;
+use ziya_visual::model::choice::LlmSource;
 use ziya_visual::sampling::SamplingParams;
 use ziya_visual::ui::i18n::Lang;
 use ziya_visual::ui::state::NoticeKind;
 use ziya_visual::ui::{AppOptions, ZiyaApp};
 
+use crate::common::app::*;
+use crate::common::*;
+
 #[test]
 fn dropped_images_and_enter_give_the_same_streamed_answer_as_ask() {
     let data = tempfile::tempdir().unwrap();
-    let turn = cases()["cases"]["two_images"][0].clone();
-    let max_new = turn["max_new_tokens"].as_u64().unwrap() as usize;
-    let mut h = harness(options(data.path(), greedy(max_new), true));
+    let turn = &case("two_images")[0];
+    let mut h = harness(options(data.path(), greedy(turn.max_new_tokens), true));
     wait_ready(&mut h);
 
     // Two dropped files become two thumbnails in the composer.
-    let images: Vec<PathBuf> =
-        turn["images"].as_array().unwrap().iter().map(|n| image_path(n.as_str().unwrap())).collect();
+    let images: Vec<PathBuf> = turn.image_paths();
     drop_files(&mut h, &images);
-    step_until(&mut h, "two thumbnails", |a| a.attachment_thumbs.len() == 2);
+    step_until(&mut h, "two thumbnails", |a| a.media.attachment_thumbs.len() == 2);
     assert_eq!(h.state().state.composer.attachments.len(), 2);
     assert!(h.query_all_by_label("photo_odd.png").next().is_some());
     assert!(h.query_all_by_label("rgba.png").next().is_some());
@@ -46,7 +44,7 @@ fn dropped_images_and_enter_give_the_same_streamed_answer_as_ask() {
     h.step();
 
     // Enter sends; the answer streams into the pending bubble, then becomes a turn.
-    type_and_enter(&mut h, turn["query"].as_str().unwrap());
+    type_and_enter(&mut h, &turn.query);
     assert!(h.state().state.pending.is_some(), "Enter sends");
     let mut partial_lengths = Vec::new();
     step_until(&mut h, "the answer", |a| {
@@ -59,25 +57,19 @@ fn dropped_images_and_enter_give_the_same_streamed_answer_as_ask() {
     let path = app.state.session.active_path();
     assert_eq!(path.len(), 1);
     let answer = &path[0];
-    assert_eq!(answer.query, turn["query"].as_str().unwrap());
+    assert_eq!(answer.query, turn.query);
     assert_eq!(answer.images.len(), 2);
 
     // The same turn through `ask`.
-    let mut cmd = ask_tiny();
-    cmd.args(["--temperature", "0", "--max-new-tokens", &max_new.to_string(), "--json"]);
-    for i in &images {
-        cmd.arg("--image").arg(i);
-    }
-    let out = cmd.arg(turn["query"].as_str().unwrap()).output().unwrap();
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ask --json");
+    let j = Ask::new().turn(turn).json(&turn.query);
     assert_eq!(answer.answer, j["text"].as_str().unwrap(), "the app's answer is ask's answer");
     assert_eq!(answer.token_ids, ids(&j["token_ids"]));
-    assert_eq!(answer.answer, turn["text"].as_str().unwrap(), "and the reference's");
+    assert_eq!(answer.answer, turn.text, "and the reference's");
     assert!(partial_lengths.iter().all(|&n| n <= answer.answer.len()));
 
     // The finished turn was autosaved.
     assert!(app.state.session_id.is_some());
-    assert_eq!(app.sessions.len(), 1);
+    assert_eq!(app.state.sessions.len(), 1);
 }
 
 #[test]
@@ -178,15 +170,15 @@ fn folders_and_settings_survive_a_restart() {
     let mut first = options(data.path(), sampling.clone(), true);
     first.fresh = false; // eframe gives kittest no storage, so this starts from defaults
     first.lang = Some(Lang::Zh);
-    first.quant = Some(ziya_visual::model::layers::Quant::Q8_0);
+    first.model.quant = Some(ziya_visual::model::layers::Quant::Q8_0);
     let mut h = harness(first);
     h.step();
     let mut storage = MemoryStorage::default();
     eframe::App::save(h.state_mut(), &mut storage);
     let saved = h.state().state.prefs.clone();
     drop(h);
-    assert_eq!(saved.vision_dir, vision_dir().display().to_string());
-    assert_eq!(saved.llm_dir, llm_dir().display().to_string());
+    assert_eq!(saved.model.vision, vision_dir());
+    assert_eq!(saved.model.llm, LlmSource::Folder(llm_dir()));
 
     // A new start with no flags: everything comes back from storage.
     let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
@@ -200,7 +192,7 @@ fn folders_and_settings_survive_a_restart() {
     assert_eq!(restored, &saved);
     assert_eq!(restored.sampling, sampling);
     assert_eq!(restored.lang, Some(Lang::Zh));
-    assert_eq!(restored.quant, "q8_0");
+    assert_eq!(restored.model.quant, Some(ziya_visual::model::layers::Quant::Q8_0));
     // And the window speaks the remembered language.
     h.get_by_label("▶ 发送");
 }

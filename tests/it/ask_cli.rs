@@ -1,59 +1,31 @@
 //! The `ziya-visual ask` contract, driven as scripts and benchmarks drive it: the real binary on
 //! the committed tiny checkpoints.
 
-mod common;
-
-use std::path::Path;
 use std::process::Output;
 
-use common::*;
 use serde_json::Value;
 
-fn ask(extra: &[&str]) -> Output {
-    ask_tiny().args(extra).output().expect("binary runs")
+use crate::common::*;
+
+/// `ask` on the tiny checkpoint with these flags; the last one is the question.
+fn ask(args: &[&str]) -> Output {
+    let (query, flags) = args.split_last().expect("a question");
+    Ask::new().args(flags).run(query)
 }
 
-fn ok_json(out: &Output) -> Value {
-    assert!(out.status.success(), "ask failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(stdout.lines().count(), 1, "exactly one JSON line on stdout: {stdout:?}");
-    serde_json::from_str(&stdout).expect("stdout is JSON")
-}
-
-fn img(name: &str) -> String {
-    image_path(name).display().to_string()
-}
-
-fn case_turn(name: &str, i: usize) -> Value {
-    cases()["cases"][name][i].clone()
-}
-
-fn greedy_args(turn: &Value) -> Vec<String> {
-    let mut a = vec!["--temperature".into(), "0".into(), "--max-new-tokens".into(), turn["max_new_tokens"].to_string()];
-    for name in turn["images"].as_array().unwrap() {
-        a.push("--image".into());
-        a.push(img(name.as_str().unwrap()));
-    }
-    a
-}
-
-fn run_turn(turn: &Value, extra: &[&str]) -> Value {
-    let mut args = greedy_args(turn);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("--json".into());
-    args.push(turn["query"].as_str().unwrap().into());
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    ok_json(&ask(&refs))
+/// A reference turn through `ask --json` with `extra` flags.
+fn run_turn(turn: &RefTurn, extra: &[&str]) -> Value {
+    Ask::new().turn(turn).args(extra).json(&turn.query)
 }
 
 #[test]
 fn json_output_has_the_reference_ids_and_every_field() {
-    let turn = case_turn("two_images", 0);
-    let j = run_turn(&turn, &[]);
-    assert_eq!(ids(&j["token_ids"]), ids(&turn["token_ids"]));
-    assert_eq!(j["text"], turn["text"]);
-    assert_eq!(j["prompt_tokens"], turn["prompt_tokens"]);
-    assert_eq!(j["generated_tokens"].as_u64().unwrap() as usize, ids(&turn["token_ids"]).len());
+    let turn = &case("two_images")[0];
+    let j = run_turn(turn, &[]);
+    assert_eq!(ids(&j["token_ids"]), turn.token_ids);
+    assert_eq!(j["text"], turn.text.as_str());
+    assert_eq!(j["prompt_tokens"].as_u64().unwrap() as usize, turn.prompt_tokens);
+    assert_eq!(j["generated_tokens"].as_u64().unwrap() as usize, turn.token_ids.len());
     assert_eq!(j["device"], "cpu");
     assert_eq!(j["dtype"], "f32");
     for t in ["load_s", "image_s", "prefill_s", "decode_s"] {
@@ -67,11 +39,11 @@ fn three_turns_through_session_files_match_the_reference() {
     let session = dir.path().join("story.json");
     let s = session.to_str().unwrap();
     for i in 0..3 {
-        let turn = case_turn("three_turn", i);
+        let turn = &case("three_turn")[i];
         let extra: Vec<&str> =
             if i == 0 { vec!["--save-session", s] } else { vec!["--session", s, "--save-session", s] };
-        let j = run_turn(&turn, &extra);
-        assert_eq!(ids(&j["token_ids"]), ids(&turn["token_ids"]), "turn {i}");
+        let j = run_turn(turn, &extra);
+        assert_eq!(ids(&j["token_ids"]), turn.token_ids, "turn {i}");
     }
     // The session keeps its images by content hash beside the file, not as paths to the originals.
     let text = std::fs::read_to_string(&session).unwrap();
@@ -85,47 +57,24 @@ fn three_turns_through_session_files_match_the_reference() {
 
 #[test]
 fn streaming_prints_the_answer_text() {
-    let turn = case_turn("single", 0);
-    let mut args = greedy_args(&turn);
-    args.push(turn["query"].as_str().unwrap().into());
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let out = ask(&refs);
+    let turn = &case("single")[0];
+    let out = Ask::new().turn(turn).run(&turn.query);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", turn["text"].as_str().unwrap()));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", turn.text));
 }
 
 #[test]
 fn ignore_eos_generates_exactly_n_tokens_and_seeds_reproduce() {
     let run = |seed: &str| {
-        let out = ask(&[
-            "--max-new-tokens",
-            "40",
-            "--ignore-eos",
-            "--temperature",
-            "1.0",
-            "--top-p",
-            "0.9",
-            "--seed",
-            seed,
-            "--json",
-            "hi",
-        ]);
-        ids(&ok_json(&out)["token_ids"])
+        let j = Ask::new()
+            .args(["--max-new-tokens", "40", "--ignore-eos", "--temperature", "1.0", "--top-p", "0.9", "--seed", seed])
+            .json("hi");
+        ids(&j["token_ids"])
     };
     let a = run("7");
     assert_eq!(a.len(), 40);
     assert_eq!(a, run("7"), "same seed, same answer");
     assert_ne!(a, run("8"), "another seed, another answer");
-}
-
-fn fails_naming(out: &Output, needles: &[&str]) {
-    assert!(!out.status.success(), "should fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err:?}");
-    for n in needles {
-        assert!(err.contains(n), "stderr {err:?} should mention {n:?}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
@@ -141,16 +90,8 @@ fn errors_are_one_line_and_name_the_culprit() {
     fails_naming(&ask_with(&llm_dir(), &vision_dir()), &["swapped"]);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
-fn ask_with(vision: &Path, llm: &Path) -> Output {
-    ask_with_models(vision, llm).arg("q").output().unwrap()
+fn ask_with(vision: &std::path::Path, llm: &std::path::Path) -> Output {
+    Ask::new().models(vision, llm).run("q")
 }
 
 #[test]
@@ -209,9 +150,9 @@ fn a_version_1_session_continues_with_the_reference_ids() {
     s.delete_turn(2);
     let path = dir.path().join("continued.json");
     s.save(&path, ImageStorage::Embedded).unwrap();
-    let turn = case_turn("three_turn", 2);
-    let j = run_turn(&turn, &["--session", path.to_str().unwrap()]);
-    assert_eq!(ids(&j["token_ids"]), ids(&turn["token_ids"]));
+    let turn = &case("three_turn")[2];
+    let j = run_turn(turn, &["--session", path.to_str().unwrap()]);
+    assert_eq!(ids(&j["token_ids"]), turn.token_ids);
 }
 
 #[test]
@@ -242,16 +183,14 @@ fn plan_total(extra: &[&str]) -> u64 {
 fn a_model_that_does_not_fit_is_refused_before_loading_with_a_quantization_that_would() {
     // Size the same request ask will make, then pretend the machine has less free memory than
     // f32 needs for it but more than q4k does.
-    let prompt = ok_json(&ask(&["--max-new-tokens", "1", "--json", "q"]))["prompt_tokens"].as_u64().unwrap();
+    let prompt = Ask::new().args(["--max-new-tokens", "1"]).json("q")["prompt_tokens"].as_u64().unwrap();
     let sizes = ["--prompt".to_string(), prompt.to_string(), "--context".into(), (prompt + 400).to_string()];
     let sizes: Vec<&str> = sizes.iter().map(|s| s.as_str()).collect();
     let f32 = plan_total(&sizes);
     let q4k = plan_total(&[sizes.as_slice(), &["--quant", "q4k"]].concat());
     assert!(q4k < f32);
     let limit = (f32 + q4k) / 2;
-    let run = |extra: &[&str]| {
-        ask_tiny().env("ZIYA_VISUAL_MEMORY_LIMIT", limit.to_string()).args(extra).arg("q").output().unwrap()
-    };
+    let run = |extra: &[&str]| Ask::new().env("ZIYA_VISUAL_MEMORY_LIMIT", limit.to_string()).args(extra).run("q");
     fails_naming(&run(&["--max-new-tokens", "400"]), &["needs about", "is free", "with --quant"]);
     let ok = run(&["--max-new-tokens", "400", "--quant", "q4k"]);
     assert!(ok.status.success(), "the suggested quantization fits: {}", String::from_utf8_lossy(&ok.stderr));

@@ -2,66 +2,31 @@
 //! every stage of the network within 1e-4 in f32, greedy token ids exactly, in every supported
 //! on-disk layout.
 
-mod common;
-
-use std::sync::Arc;
-
-use candle_core::{DType, Device, Tensor};
-use common::*;
-use serde_json::Value;
-use ziya_visual::chat::{ChatTurn, ImageData, Prompt, PromptPiece};
-use ziya_visual::inference::{Pipeline, StopReason};
+use candle_core::{Device, Tensor};
+use ziya_visual::chat::{ChatTurn, Prompt, PromptPiece};
+use ziya_visual::device::Precision;
+use ziya_visual::generation::StopReason;
+use ziya_visual::inference::Pipeline;
 use ziya_visual::model::llama::KvCache;
-use ziya_visual::model::weights::LoadCounter;
-use ziya_visual::model::ModelSpec;
-use ziya_visual::sampling::SamplingParams;
 
-fn load(vision: std::path::PathBuf, llm: std::path::PathBuf) -> Pipeline {
-    let spec = ModelSpec {
-        vision_dir: vision,
-        llm_dir: llm,
-        dtype: DType::F32,
-        device: Device::Cpu,
-        quant: None,
-        llm_base: None,
-    };
-    Pipeline::load(&spec, Arc::new(LoadCounter::default())).expect("tiny checkpoint loads")
-}
-
-fn tiny() -> Pipeline {
-    load(vision_dir(), llm_dir())
-}
-
-fn image(name: &str) -> ImageData {
-    ImageData::new(name, std::fs::read(image_path(name)).unwrap())
-}
-
-fn greedy(max_new_tokens: usize) -> SamplingParams {
-    SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
-}
-
-fn turn_images(turn: &Value) -> Vec<ImageData> {
-    turn["images"].as_array().unwrap().iter().map(|n| image(n.as_str().unwrap())).collect()
-}
+use crate::common::*;
 
 /// Runs a reference case turn by turn, feeding back our own answers, and checks every turn.
 fn check_case(p: &mut Pipeline, name: &str) {
-    let cases = cases();
     let refs = reference_tensors();
     let mut history: Vec<ChatTurn> = Vec::new();
-    for (i, turn) in cases["cases"][name].as_array().unwrap().iter().enumerate() {
+    for (i, turn) in case(name).iter().enumerate() {
         let mut turns = history.clone();
-        turns.push(ChatTurn { images: turn_images(turn), query: turn["query"].as_str().unwrap().into(), answer: None });
+        turns.push(turn.asked());
 
         // The prompt is laid out and tokenized exactly as the reference did.
         let prompt = Prompt::build(&p.template, &p.tokenizer, &turns).unwrap();
-        let expected_pieces: Vec<PromptPiece> = turn["prompt_pieces"]
-            .as_array()
-            .unwrap()
+        let expected_pieces: Vec<PromptPiece> = turn
+            .prompt_pieces
             .iter()
-            .map(|piece| match piece.get("tokens") {
-                Some(t) => PromptPiece::Tokens(ids(t)),
-                None => PromptPiece::Image(usize::MAX),
+            .map(|piece| match piece {
+                RefPiece::Tokens { tokens } => PromptPiece::Tokens(tokens.clone()),
+                RefPiece::Image { .. } => PromptPiece::Image(usize::MAX),
             })
             .collect();
         assert_eq!(prompt.pieces.len(), expected_pieces.len(), "{name} turn {i}: number of prompt pieces");
@@ -86,13 +51,11 @@ fn check_case(p: &mut Pipeline, name: &str) {
         assert!(diff < 2e-5 * scale, "{name} turn {i}: first-step logits differ by {diff} (scale {scale})");
 
         // Greedy generation, token for token.
-        let max_new = turn["max_new_tokens"].as_u64().unwrap() as usize;
-        let gen = p.generate(&turns, &greedy(max_new), &mut |_| true).unwrap();
-        assert_eq!(gen.token_ids, ids(&turn["token_ids"]), "{name} turn {i}: greedy ids");
-        assert_eq!(gen.text, turn["text"].as_str().unwrap(), "{name} turn {i}: decoded text");
-        assert_eq!(gen.prompt_tokens as u64, turn["prompt_tokens"].as_u64().unwrap());
-        let at_eos = turn["stopped_at_eos"].as_bool().unwrap();
-        assert_eq!(gen.stop, if at_eos { StopReason::Eos } else { StopReason::MaxTokens });
+        let gen = p.generate(&turns, &greedy(turn.max_new_tokens), &mut |_| true).unwrap();
+        assert_eq!(gen.token_ids, turn.token_ids, "{name} turn {i}: greedy ids");
+        assert_eq!(gen.text, turn.text, "{name} turn {i}: decoded text");
+        assert_eq!(gen.prompt_tokens, turn.prompt_tokens);
+        assert_eq!(gen.stop, if turn.stopped_at_eos { StopReason::Eos } else { StopReason::MaxTokens });
 
         history.push(ChatTurn { answer: Some(gen.text), ..turns.pop().unwrap() });
     }
@@ -126,8 +89,7 @@ fn single_image_greedy_ids_match() {
 fn another_image_gives_another_answer() {
     let mut p = tiny();
     check_case(&mut p, "single_other_image");
-    let c = cases();
-    assert_ne!(c["cases"]["single"][0]["token_ids"], c["cases"]["single_other_image"][0]["token_ids"]);
+    assert_ne!(case("single")[0].token_ids, case("single_other_image")[0].token_ids);
 }
 
 #[test]
@@ -151,7 +113,8 @@ fn safetensors_layouts_and_sentencepiece_fallback_give_the_same_answers() {
     // vision: model.safetensors with one `qkv.bias` (transformers 5 names);
     // llm: sharded safetensors with an index and only tokenizer.model.
     let layouts = fixtures().join("layouts");
-    let mut p = load(layouts.join("vision-safetensors"), layouts.join("llm-safetensors"));
+    let mut p =
+        pipeline(&choice(&layouts.join("vision-safetensors"), &layouts.join("llm-safetensors"), Precision::F32, None));
     assert!(p.tokenizer.path().ends_with("tokenizer.model"));
     check_case(&mut p, "two_images");
 }
@@ -161,12 +124,11 @@ fn tokenizer_json_and_sentencepiece_fallback_match_sentencepiece() {
     use ziya_visual::tokenizer::ChatTokenizer;
     let json = ChatTokenizer::from_json_file(&llm_dir().join("tokenizer.json")).unwrap();
     let sp = ChatTokenizer::from_sentencepiece_file(&llm_dir().join("tokenizer.model")).unwrap();
-    for case in cases()["tokenizer"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let want = ids(&case["ids_with_bos"]);
-        assert_eq!(json.encode(text, true).unwrap(), want, "tokenizer.json on {text:?}");
-        assert_eq!(sp.encode(text, true).unwrap(), want, "tokenizer.model fallback on {text:?}");
-        assert_eq!(json.decode(&want).unwrap(), case["decoded"].as_str().unwrap());
-        assert_eq!(sp.decode(&want).unwrap(), case["decoded"].as_str().unwrap());
+    for case in &cases().tokenizer {
+        let (text, want) = (case.text.as_str(), &case.ids_with_bos);
+        assert_eq!(&json.encode(text, true).unwrap(), want, "tokenizer.json on {text:?}");
+        assert_eq!(&sp.encode(text, true).unwrap(), want, "tokenizer.model fallback on {text:?}");
+        assert_eq!(json.decode(want).unwrap(), case.decoded);
+        assert_eq!(sp.decode(want).unwrap(), case.decoded);
     }
 }

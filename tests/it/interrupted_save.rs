@@ -29,16 +29,10 @@ fn session_with(bytes: Vec<u8>, query: &str) -> Session {
 #[ignore = "helper: runs only as the child process of a_save_killed_halfway_leaves_the_previous_file_intact"]
 fn child_writer() {
     let Ok(path) = std::env::var(CHILD) else { return };
-    let mut x = 0x1234_5678_u32;
-    let noise: Vec<u8> = (0..300 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
-    session_with(noise, "the big one").save(Path::new(&path), ImageStorage::Embedded).unwrap();
+    // What the bytes are does not matter, only that writing them takes a while (a memset, not
+    // 300 MB of generated noise).
+    let big = vec![0x5a_u8; 300 << 20];
+    session_with(big, "the big one").save(Path::new(&path), ImageStorage::Embedded).unwrap();
 }
 
 #[test]
@@ -49,22 +43,30 @@ fn a_save_killed_halfway_leaves_the_previous_file_intact() {
     let before = std::fs::read(&path).unwrap();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_writer", "--exact", "--ignored", "--test-threads=1", "--nocapture"])
+        .args(["interrupted_save::child_writer", "--exact", "--ignored", "--test-threads=1", "--nocapture"])
         .env(CHILD, &path)
         .spawn()
         .unwrap();
-    let temp = dir.path().join(format!(".story.json.tmp-{}", child.id()));
+    // The temporary file's name is unpredictable (`.story.json.XXXXXX.tmp`): find it.
+    let find_temp = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| ziya_visual::fs::is_temporary(&n.to_string_lossy())))
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     // Kill it once it is well into writing the temporary file.
-    loop {
-        let written = std::fs::metadata(&temp).map(|m| m.len()).unwrap_or(0);
+    let temp = loop {
+        let temp = find_temp();
+        let written = temp.as_ref().and_then(|t| std::fs::metadata(t).ok()).map_or(0, |m| m.len());
         if written > 20 << 20 {
-            break;
+            break temp.unwrap();
         }
         assert!(Instant::now() < deadline, "the child never started writing");
         assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be interrupted");
         std::thread::sleep(Duration::from_millis(1));
-    }
+    };
     child.kill().unwrap();
     child.wait().unwrap();
 

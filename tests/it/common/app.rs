@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use egui::Key;
 use egui_kittest::Harness;
+use ziya_visual::model::choice::{LlmSource, ModelOverrides};
 use ziya_visual::sampling::SamplingParams;
 use ziya_visual::ui::i18n::Lang;
-use ziya_visual::ui::state::ModelStatus;
 use ziya_visual::ui::{AppOptions, ZiyaApp, COMPOSER_ID};
 
 use super::{llm_dir, vision_dir};
@@ -26,17 +26,16 @@ impl egui::DroppedFile for DroppedPath {
     }
 }
 
-pub fn greedy(max_new_tokens: usize) -> SamplingParams {
-    SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
-}
-
 /// An app with its data in `data`, English, no remembered settings; with the tiny checkpoint
 /// loading at start when `with_model`.
 pub fn options(data: &Path, sampling: SamplingParams, with_model: bool) -> AppOptions {
     AppOptions {
         data_dir: Some(data.to_path_buf()),
-        vision_model: with_model.then(vision_dir),
-        llm_model: with_model.then(llm_dir),
+        model: ModelOverrides {
+            vision: with_model.then(vision_dir),
+            llm: with_model.then(|| LlmSource::Folder(llm_dir())),
+            ..Default::default()
+        },
         lang: Some(Lang::En),
         sampling: Some(sampling),
         fresh: true,
@@ -60,10 +59,11 @@ pub fn step_until(h: &mut Harness<'_, ZiyaApp>, what: &str, mut done: impl FnMut
 }
 
 pub fn wait_ready(h: &mut Harness<'_, ZiyaApp>) {
-    step_until(h, "the model to load", |a| match &a.state.model {
-        ModelStatus::Ready(_) => true,
-        ModelStatus::Failed(e) => panic!("load failed: {e}"),
-        _ => false,
+    step_until(h, "the model to load", |a| {
+        if let Some(e) = &a.state.model.load_error {
+            panic!("load failed: {e}");
+        }
+        a.state.is_ready()
     });
 }
 

@@ -2,24 +2,21 @@
 //! image within 1/255 of PIL's per pixel and channel, on odd sizes, grayscale, RGBA, palette, a
 //! large and a small JPEG, and an exactly-sized image; EXIF orientation applied.
 
-mod common;
-
-use common::*;
 use ziya_visual::preprocess::{decode_rgb, normalize, resize_bicubic};
+
+use crate::common::*;
 
 #[test]
 fn resized_pixels_match_pil_within_one_level() {
-    let cases = cases();
-    let records = cases["preprocessing"].as_array().unwrap();
+    let records = &cases().preprocessing;
     assert!(records.len() >= 8);
     let mut report = Vec::new();
     for rec in records {
-        let file = rec["file"].as_str().unwrap();
+        let file = rec.file.as_str();
         let bytes = std::fs::read(image_path(file)).unwrap();
         let rgb = decode_rgb(&bytes, file).unwrap();
         let ours = resize_bicubic(&rgb, 224, 224);
-        let theirs =
-            image::open(fixtures().join("reference").join(rec["resized"].as_str().unwrap())).unwrap().to_rgb8();
+        let theirs = image::open(fixtures().join("reference").join(&rec.resized)).unwrap().to_rgb8();
         assert_eq!(ours.dimensions(), theirs.dimensions());
         let (mut max, mut differing) = (0u8, 0usize);
         for (a, b) in ours.as_raw().iter().zip(theirs.as_raw()) {

@@ -4,53 +4,16 @@
 //!   top two logits were closer than f16's own measured logit error (a near-tie);
 //! - quantized first-step logits correlate with f32: q8_0 > 0.99, q6k > 0.98, q4k > 0.95.
 
-mod common;
-
-use std::sync::Arc;
-
-use candle_core::{DType, Device};
-use common::*;
-use serde_json::Value;
-use ziya_visual::chat::{ChatTurn, ImageData, Prompt};
+use ziya_visual::chat::{ChatTurn, Prompt};
+use ziya_visual::device::Precision;
 use ziya_visual::inference::Pipeline;
 use ziya_visual::model::layers::Quant;
 use ziya_visual::model::llama::KvCache;
-use ziya_visual::model::weights::LoadCounter;
-use ziya_visual::model::ModelSpec;
-use ziya_visual::sampling::SamplingParams;
 
-fn load(dtype: DType, quant: Option<Quant>) -> Pipeline {
-    let spec =
-        ModelSpec { vision_dir: vision_dir(), llm_dir: llm_dir(), dtype, device: Device::Cpu, quant, llm_base: None };
-    Pipeline::load(&spec, Arc::new(LoadCounter::default())).unwrap()
-}
+use crate::common::*;
 
-/// Every turn of every reference case, with the reference's own earlier answers as history.
-fn reference_turns() -> Vec<(String, Vec<ChatTurn>, Value)> {
-    let mut out = Vec::new();
-    for (name, turns) in cases()["cases"].as_object().unwrap() {
-        let mut history: Vec<ChatTurn> = Vec::new();
-        for (i, t) in turns.as_array().unwrap().iter().enumerate() {
-            let images = t["images"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| {
-                    let n = n.as_str().unwrap();
-                    ImageData::new(n, std::fs::read(image_path(n)).unwrap())
-                })
-                .collect::<Vec<_>>();
-            let mut all = history.clone();
-            all.push(ChatTurn { images: images.clone(), query: t["query"].as_str().unwrap().into(), answer: None });
-            out.push((format!("{name} turn {i}"), all, t.clone()));
-            history.push(ChatTurn {
-                images,
-                query: t["query"].as_str().unwrap().into(),
-                answer: Some(t["text"].as_str().unwrap().into()),
-            });
-        }
-    }
-    out
+fn load(precision: Precision, quant: Option<Quant>) -> Pipeline {
+    pipeline(&choice(&vision_dir(), &llm_dir(), precision, quant))
 }
 
 fn first_logits(p: &mut Pipeline, turns: &[ChatTurn]) -> Vec<f32> {
@@ -74,33 +37,26 @@ fn correlation(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn f16_greedy_ids_equal_f32_except_at_near_ties() {
-    let mut p = load(DType::F16, None);
+    let mut p = load(Precision::F16, None);
     let refs = reference_turns();
+    let all = reference_tensors();
     let mut report = Vec::new();
     for (label, turns, t) in &refs {
-        let want = ids(&t["token_ids"]);
-        let reference =
-            reference_tensors()[&format!("{}.logits", label.replace(" turn ", ".turn"))].to_vec1::<f32>().unwrap();
+        let want = &t.token_ids;
+        let reference = all[&format!("{label}.logits")].to_vec1::<f32>().unwrap();
         let ours = first_logits(&mut p, turns);
         let err = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let max_new = t["max_new_tokens"].as_u64().unwrap() as usize;
-        let g = p
-            .generate(
-                turns,
-                &SamplingParams { temperature: 0.0, max_new_tokens: max_new, ..Default::default() },
-                &mut |_| true,
-            )
-            .unwrap();
+        let g = p.generate(turns, &greedy(t.max_new_tokens), &mut |_| true).unwrap();
         match g
             .token_ids
             .iter()
-            .zip(&want)
+            .zip(want)
             .position(|(a, b)| a != b)
             .or((g.token_ids.len() != want.len()).then(|| g.token_ids.len().min(want.len())))
         {
             None => report.push(format!("{label}: identical ({} ids), first-step logit error {err:.4}", want.len())),
             Some(step) => {
-                let margin = t["margins"][step].as_f64().unwrap() as f32;
+                let margin = t.margins[step];
                 report.push(format!("{label}: differs at step {step}, where f32's top-2 margin is {margin:.4}; f16 logit error {err:.4}"));
                 // A near-tie: the two best tokens were closer than twice what f16 moves a logit
                 // at the first step (errors grow a little along the answer).
@@ -119,10 +75,10 @@ fn quantized_first_step_logits_correlate_with_f32() {
     let refs = reference_turns();
     let all = reference_tensors();
     for (quant, floor) in [(Quant::Q8_0, 0.99), (Quant::Q6K, 0.98), (Quant::Q4K, 0.95)] {
-        let mut p = load(DType::F32, Some(quant));
+        let mut p = load(Precision::F32, Some(quant));
         let mut worst: f64 = 1.0;
         for (label, turns, _) in &refs {
-            let reference: Vec<f32> = all[&format!("{}.logits", label.replace(" turn ", ".turn"))].to_vec1().unwrap();
+            let reference: Vec<f32> = all[&format!("{label}.logits")].to_vec1().unwrap();
             let r = correlation(&first_logits(&mut p, turns), &reference);
             assert!(r > floor, "{} {label}: correlation {r:.5} is not above {floor}", quant.name());
             worst = worst.min(r);
@@ -137,9 +93,9 @@ fn quantized_first_step_logits_correlate_with_f32() {
 
 #[test]
 fn quantizing_shrinks_the_llm_weights() {
-    let f32 = load(DType::F32, None).model.llm.weight_bytes_per_token();
+    let f32 = load(Precision::F32, None).model.llm.weight_bytes_per_token();
     for (q, bits) in [(Quant::Q8_0, 8.5), (Quant::Q6K, 6.5625), (Quant::Q4K, 4.5)] {
-        let bytes = load(DType::F32, Some(q)).model.llm.weight_bytes_per_token();
+        let bytes = load(Precision::F32, Some(q)).model.llm.weight_bytes_per_token();
         let want = f32 as f64 * bits / 32.0;
         assert!((bytes as f64 - want).abs() < 0.01 * want, "{}: {bytes} bytes, expected about {want}", q.name());
     }

@@ -3,31 +3,21 @@
 //! apply_delta.py does it: merged tensors bit for bit, and the merged model's answers both when
 //! merging while loading and from the merged folder.
 
-mod common;
-
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 fn delta_dirs() -> (PathBuf, PathBuf) {
     let d = fixtures().join("delta");
     (d.join("llama-base"), d.join("ziya-delta"))
 }
 
-fn ask(llm: &[&std::ffi::OsStr]) -> Value {
-    let out = bin()
-        .arg("ask")
-        .arg("--vision-model")
-        .arg(vision_dir())
-        .args(llm)
-        .args(["--temperature", "0", "--max-new-tokens", "24", "--json", "--image"])
-        .arg(image_path("photo_odd.png"))
-        .arg("这张图片里有什么？") // the query the generator used for the merged model
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+/// The merged model's answer to the question the generator used for it.
+fn ask(llm: &[&OsStr]) -> Value {
+    Ask::new().vision_and(&vision_dir(), llm).greedy(24).image(&image_path("photo_odd.png")).json("这张图片里有什么？")
 }
 
 fn sha256_f16_bytes(path: &Path, name: &str) -> String {
@@ -58,30 +48,25 @@ fn merge_delta_writes_base_plus_delta_bit_for_bit() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(String::from_utf8_lossy(&status.stderr).contains("tensors"), "a progress line");
     let file = out.path().join("model.safetensors");
-    let digests = cases()["delta"]["merged_sha256_f16"].as_object().unwrap().clone();
+    let digests = &cases().delta.merged_sha256_f16;
     assert!(digests.len() > 20);
-    for (name, want) in &digests {
-        assert_eq!(&sha256_f16_bytes(&file, name), want.as_str().unwrap(), "{name}");
+    for (name, want) in digests {
+        assert_eq!(&sha256_f16_bytes(&file, name), want, "{name}");
     }
     for f in ["config.json", "tokenizer.json"] {
         assert!(out.path().join(f).is_file(), "{f} copied from the delta");
     }
     // The merged folder answers like the reference merged model.
-    let j = ask(&[std::ffi::OsStr::new("--llm-model"), out.path().as_os_str()]);
-    assert_eq!(ids(&j["token_ids"]), ids(&cases()["delta"]["single"]["token_ids"]));
+    let j = ask(&[OsStr::new("--llm-model"), out.path().as_os_str()]);
+    assert_eq!(ids(&j["token_ids"]), cases().delta.single.token_ids);
 }
 
 #[test]
 fn base_and_delta_merged_while_loading_answer_like_the_merged_model() {
     let (base, delta) = delta_dirs();
-    let j = ask(&[
-        std::ffi::OsStr::new("--llm-base"),
-        base.as_os_str(),
-        std::ffi::OsStr::new("--llm-delta"),
-        delta.as_os_str(),
-    ]);
-    assert_eq!(ids(&j["token_ids"]), ids(&cases()["delta"]["single"]["token_ids"]));
-    assert_eq!(j["text"], cases()["delta"]["single"]["text"]);
+    let j = ask(&[OsStr::new("--llm-base"), base.as_os_str(), OsStr::new("--llm-delta"), delta.as_os_str()]);
+    assert_eq!(ids(&j["token_ids"]), cases().delta.single.token_ids);
+    assert_eq!(j["text"], cases().delta.single.text.as_str());
 }
 
 fn rewrite_base(from: &Path, to: &Path, change: impl Fn(&mut std::collections::HashMap<String, candle_core::Tensor>)) {
@@ -117,17 +102,12 @@ fn a_base_that_does_not_match_the_delta_is_named() {
         (&missing, vec!["model.layers.1.mlp.up_proj.weight", "missing from the base"]),
         (&reshaped, vec!["model.layers.0.self_attn.o_proj.weight", "shape"]),
     ] {
-        let out = bin()
-            .arg("ask")
-            .arg("--vision-model")
-            .arg(vision_dir())
-            .arg("--llm-base")
-            .arg(b)
-            .arg("--llm-delta")
-            .arg(&delta)
-            .arg("q")
-            .output()
-            .unwrap();
+        let out = Ask::new()
+            .vision_and(
+                &vision_dir(),
+                &[OsStr::new("--llm-base"), b.as_os_str(), OsStr::new("--llm-delta"), delta.as_os_str()],
+            )
+            .run("q");
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         for n in needles {

@@ -3,17 +3,16 @@
 //! regenerating and editing make versions the switcher moves between; a session whose image is
 //! gone still opens and names it.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::app::*;
-use common::*;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use ziya_visual::sampling::SamplingParams;
 use ziya_visual::ui::state::Intent;
 use ziya_visual::ui::ZiyaApp;
+
+use crate::common::app::*;
+use crate::common::*;
 
 /// The app with the tiny checkpoint loaded.
 fn app(data: &Path, sampling: SamplingParams) -> Harness<'static, ZiyaApp> {
@@ -32,9 +31,8 @@ fn ask_in_app(h: &mut Harness<'_, ZiyaApp>, images: &[PathBuf], query: &str) {
 }
 
 fn turn_spec(i: usize) -> (Vec<PathBuf>, String, usize, Vec<u32>) {
-    let t = &cases()["cases"]["three_turn"][i];
-    let images = t["images"].as_array().unwrap().iter().map(|n| image_path(n.as_str().unwrap())).collect();
-    (images, t["query"].as_str().unwrap().into(), t["max_new_tokens"].as_u64().unwrap() as usize, ids(&t["token_ids"]))
+    let t = &case("three_turn")[i];
+    (t.image_paths(), t.query.clone(), t.max_new_tokens, t.token_ids.clone())
 }
 
 #[test]
@@ -52,16 +50,7 @@ fn app_and_ask_continue_each_others_sessions_with_the_reference_ids() {
     // Turn 2 through `ask --session` on the app's file.
     let (_, query, n, want) = turn_spec(1);
     let ask_file = data.path().join("from-ask.json");
-    let out = ask_tiny()
-        .args(["--temperature", "0", "--max-new-tokens", &n.to_string(), "--json", "--session"])
-        .arg(&app_file)
-        .arg("--save-session")
-        .arg(&ask_file)
-        .arg(&query)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = Ask::new().greedy(n).arg("--session").arg(&app_file).arg("--save-session").arg(&ask_file).json(&query);
     assert_eq!(ids(&j["token_ids"]), want, "ask on the app's file, turn 2");
 
     // Turn 3 back in the app, on the file `ask` wrote (opened by dropping it on the window).
@@ -102,7 +91,7 @@ fn regenerate_and_edit_make_versions_to_switch_between() {
     // Editing the question makes a third version, answered anew.
     h.get_by_label("Edit").click();
     h.step();
-    h.state_mut().state.editing.as_mut().unwrap().text = "an edited question".into();
+    h.state_mut().apply(Intent::SetEditText("an edited question".into()));
     h.step();
     h.get_by_label("Save & regenerate").click();
     h.step();
@@ -128,14 +117,7 @@ fn regenerate_and_edit_make_versions_to_switch_between() {
 fn a_session_whose_image_is_gone_opens_and_names_it() {
     let data = tempfile::tempdir().unwrap();
     let file = data.path().join("kept.json");
-    let out = ask_tiny()
-        .args(["--temperature", "0", "--max-new-tokens", "4", "--image"])
-        .arg(image_path("photo_odd.png"))
-        .arg("--save-session")
-        .arg(&file)
-        .arg("q")
-        .output()
-        .unwrap();
+    let out = Ask::new().greedy(4).image(&image_path("photo_odd.png")).arg("--save-session").arg(&file).run("q");
     assert!(out.status.success());
     std::fs::remove_dir_all(data.path().join("kept.images")).unwrap();
 

@@ -1,0 +1,376 @@
+//! Acting on intents: the one place the state changes in response to the user.
+
+use std::path::{Path, PathBuf};
+
+use super::{Picked, Thumb, ZiyaApp};
+use crate::chat::ImageData;
+use crate::engine::Command;
+use crate::model::choice::{LlmSource, ModelChoice};
+use crate::session::{ImageStorage, Session, TurnId};
+use crate::ui::i18n::fill;
+use crate::ui::images::ImageJob;
+use crate::ui::state::{Attachment, Editing, Intent, NoticeKind, Pending};
+
+impl ZiyaApp {
+    /// Acts on one intent.
+    pub fn apply(&mut self, intent: Intent) {
+        let tr = self.state.tr();
+        match intent {
+            Intent::Send => {
+                if self.state.send_blocker().is_some() {
+                    return;
+                }
+                let query = std::mem::take(&mut self.state.composer.text).trim_end().to_string();
+                let attachments = std::mem::take(&mut self.state.composer.attachments);
+                // The composer's thumbnails become the chat's: the images are not decoded again.
+                for a in &attachments {
+                    if let (Some(img), Some(tex)) = (&a.image, self.media.attachment_thumbs.remove(&a.key)) {
+                        self.media.thumbs.entry(img.hash.clone()).or_insert(Thumb::Ready(tex));
+                    }
+                }
+                let images: Vec<ImageData> = attachments.into_iter().filter_map(|a| a.image).collect();
+                self.media.attachment_thumbs.clear();
+                self.start_generation(self.state.session.active_leaf, query, images);
+            }
+            Intent::Stop => {
+                if let Some(p) = &self.state.pending {
+                    self.engine.send(Command::Cancel { id: p.id });
+                }
+            }
+            Intent::SetComposerText(text) => self.state.composer.text = text,
+            Intent::Regenerate(turn) => {
+                if self.state.is_busy() || !self.state.is_ready() {
+                    return;
+                }
+                let Some(t) = self.state.session.turn(turn).cloned() else { return };
+                match self.state.session.turn_images(&t) {
+                    Ok(images) => self.start_generation(t.parent, t.query, images),
+                    Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+                }
+            }
+            Intent::StartEdit(turn) => {
+                if let Some(t) = self.state.session.turn(turn) {
+                    self.state.editing = Some(Editing { turn, text: t.query.clone(), images: t.images.clone() });
+                }
+            }
+            Intent::SetEditText(text) => {
+                if let Some(e) = self.state.editing.as_mut() {
+                    e.text = text;
+                }
+            }
+            Intent::RemoveEditImage(i) => {
+                if let Some(e) = self.state.editing.as_mut().filter(|e| i < e.images.len()) {
+                    e.images.remove(i);
+                }
+            }
+            Intent::CancelEdit => self.state.editing = None,
+            Intent::SubmitEdit => {
+                if self.state.is_busy() || !self.state.is_ready() {
+                    self.state.notify(NoticeKind::Error, tr.why_no_model);
+                    return;
+                }
+                let Some(edit) = self.state.editing.take() else { return };
+                let Some(t) = self.state.session.turn(edit.turn).cloned() else { return };
+                let mut kept = t.clone();
+                kept.images = edit.images;
+                match self.state.session.turn_images(&kept) {
+                    Ok(images) => self.start_generation(t.parent, edit.text.trim_end().to_string(), images),
+                    Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+                }
+            }
+            Intent::DeleteTurn(turn) => {
+                if !self.state.is_busy() {
+                    self.state.session.delete_turn(turn);
+                    self.autosave();
+                }
+            }
+            Intent::SwitchVersion(turn) => {
+                if !self.state.is_busy() {
+                    self.state.session.switch_to(turn);
+                    self.autosave();
+                }
+            }
+            Intent::AddFiles(paths) => {
+                for path in paths {
+                    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+                        self.apply(Intent::OpenSessionFile(path));
+                        continue;
+                    }
+                    let key = self.state.new_key();
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    self.state.composer.attachments.push(Attachment { key, name, image: None });
+                    self.waiting.insert(key);
+                    self.images.submit(ImageJob::File { key, path });
+                }
+            }
+            Intent::PasteImage(image) => {
+                let key = self.state.new_key();
+                let name = format!("pasted-{key}.png");
+                self.state.composer.attachments.push(Attachment { key, name: name.clone(), image: None });
+                self.waiting.insert(key);
+                self.images.submit(ImageJob::Pasted { key, name, image });
+            }
+            Intent::RemoveAttachment(key) => {
+                self.waiting.remove(&key);
+                self.media.attachment_thumbs.remove(&key);
+                self.state.composer.attachments.retain(|a| a.key != key);
+            }
+            Intent::PickImages => self.pick(|| {
+                rfd::FileDialog::new()
+                    .add_filter("images", &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"])
+                    .pick_files()
+                    .map(Picked::Images)
+            }),
+            Intent::PickVisionDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::VisionDir)),
+            Intent::PickLlmDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmDir)),
+            Intent::PickLlmGguf => self.pick(|| {
+                rfd::FileDialog::new()
+                    .add_filter("GGUF (ziya-visual quantize)", &["gguf"])
+                    .pick_file()
+                    .map(Picked::LlmDir)
+            }),
+            Intent::PickLlmBaseDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmBaseDir)),
+            Intent::SetVisionPath(p) => self.state.prefs.model.vision = p,
+            Intent::SetLlmPath(p) => {
+                let llm = &mut self.state.prefs.model.llm;
+                *llm = match llm {
+                    LlmSource::Delta { base, .. } => LlmSource::Delta { base: base.clone(), delta: p },
+                    _ => LlmSource::from_path(p),
+                };
+            }
+            Intent::SetUseDelta(on) => {
+                let llm = &mut self.state.prefs.model.llm;
+                *llm = match (on, &*llm) {
+                    (true, LlmSource::Folder(p) | LlmSource::Gguf(p)) => {
+                        LlmSource::Delta { base: PathBuf::new(), delta: p.clone() }
+                    }
+                    (false, LlmSource::Delta { delta, .. }) => LlmSource::from_path(delta.clone()),
+                    (_, same) => same.clone(),
+                };
+            }
+            Intent::SetBasePath(p) => {
+                if let LlmSource::Delta { base, .. } = &mut self.state.prefs.model.llm {
+                    *base = p;
+                }
+            }
+            Intent::SetDevice(d) => self.state.prefs.model.device = d,
+            Intent::SetPrecision(p) => self.state.prefs.model.precision = p,
+            Intent::SetQuant(q) => self.state.prefs.model.quant = q,
+            Intent::SetSampling(s) => self.state.prefs.sampling = s,
+            Intent::LoadModel => {
+                if self.state.is_busy() || self.state.is_loading() || !self.state.prefs.model.is_complete() {
+                    return;
+                }
+                self.state.model.loading = Some((0, 0));
+                self.state.model.load_error = None;
+                self.engine.send(Command::Load(trimmed(&self.state.prefs.model)));
+            }
+            Intent::UseDemoModel => match crate::demo::install(&self.data_dir.join("demo-model")) {
+                Ok((vision, llm)) => {
+                    let model = &mut self.state.prefs.model;
+                    model.vision = vision;
+                    model.llm = LlmSource::Folder(llm);
+                    model.precision = crate::device::Precision::F32;
+                    model.quant = None;
+                    self.apply(Intent::LoadModel);
+                }
+                Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+            },
+            Intent::CancelLoad => self.engine.cancel_load(),
+            Intent::UnloadModel => {
+                if !self.state.is_busy() {
+                    self.engine.send(Command::Unload);
+                }
+            }
+            Intent::NewChat => {
+                if !self.state.is_busy() {
+                    self.switch_session(Session::new(), None);
+                }
+            }
+            Intent::OpenSession(id) => {
+                if self.state.is_busy() || self.state.session_id.as_deref() == Some(id.as_str()) {
+                    return;
+                }
+                let loaded = self.store.as_mut().map(|s| s.load(&id));
+                match loaded {
+                    Some(Ok(session)) => self.switch_session(session, Some(id)),
+                    Some(Err(e)) => self.state.notify(NoticeKind::Error, e.to_string()),
+                    None => {}
+                }
+                self.refresh_sessions();
+            }
+            Intent::DeleteSession(id) => {
+                if self.state.session_id.as_deref() == Some(id.as_str()) {
+                    if self.state.is_busy() {
+                        return;
+                    }
+                    self.switch_session(Session::new(), None);
+                }
+                if let Some(Err(e)) = self.store.as_mut().map(|s| s.delete(&id)) {
+                    self.state.notify(NoticeKind::Error, e.to_string());
+                }
+                self.refresh_sessions();
+            }
+            Intent::StartRename(id) => {
+                let title = self
+                    .state
+                    .sessions
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, e)| e.title.clone())
+                    .unwrap_or_default();
+                self.state.renaming = Some((id, title));
+            }
+            Intent::SetRenameText(text) => {
+                if let Some((_, title)) = self.state.renaming.as_mut() {
+                    *title = text;
+                }
+            }
+            Intent::RenameSession(id, title) => {
+                self.state.renaming = None;
+                let title = title.trim().to_string();
+                if title.is_empty() {
+                    return;
+                }
+                if self.state.session_id.as_deref() == Some(id.as_str()) {
+                    self.state.session.title = title;
+                    self.autosave();
+                } else if let Some(store) = self.store.as_mut() {
+                    let result = store.load(&id).and_then(|mut s| {
+                        s.title = title;
+                        store.save(&id, &s)
+                    });
+                    if let Err(e) = result {
+                        self.state.notify(NoticeKind::Error, e.to_string());
+                    }
+                    self.refresh_sessions();
+                }
+            }
+            Intent::OpenSessionFile(path) => {
+                if self.state.is_busy() {
+                    return;
+                }
+                match Session::load(&path) {
+                    Ok(mut session) => {
+                        // A copy goes into the store, so it is listed, autosaved and never
+                        // written back to a file the user keeps elsewhere.
+                        session.migrated_from = None;
+                        self.switch_session(session, None);
+                        self.autosave();
+                    }
+                    Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+                }
+            }
+            Intent::PickSessionFile => self
+                .pick(|| rfd::FileDialog::new().add_filter("session", &["json"]).pick_file().map(Picked::SessionFile)),
+            Intent::SaveAs => {
+                let name = format!("{}.json", crate::export::file_stem_from(&self.state.session.title));
+                self.pick(move || {
+                    rfd::FileDialog::new()
+                        .set_file_name(name)
+                        .add_filter("session", &["json"])
+                        .save_file()
+                        .map(Picked::SaveAs)
+                })
+            }
+            Intent::ExportMarkdown => {
+                let name = crate::export::file_stem_from(&self.state.session.title);
+                self.pick(move || rfd::FileDialog::new().set_file_name(name).pick_folder().map(Picked::ExportMarkdown))
+            }
+            Intent::ExportHtml => {
+                let name = format!("{}.html", crate::export::file_stem_from(&self.state.session.title));
+                self.pick(move || {
+                    rfd::FileDialog::new()
+                        .set_file_name(name)
+                        .add_filter("HTML", &["html"])
+                        .save_file()
+                        .map(Picked::ExportHtml)
+                })
+            }
+            Intent::Copy(text) => self.ctx.copy_text(text),
+            Intent::SetLang(lang) => {
+                self.state.lang = lang;
+                self.state.prefs.lang = Some(lang);
+            }
+            Intent::DismissNotice(i) => {
+                if i < self.state.notices.len() {
+                    self.state.notices.remove(i);
+                }
+            }
+            Intent::ToggleSidePanel => self.state.prefs.show_side_panel = !self.state.prefs.show_side_panel,
+            // Through the normal close path: an answer in flight is stopped and saved.
+            Intent::Quit => self.ctx.send_viewport_cmd(egui::ViewportCommand::Close),
+        }
+    }
+
+    /// Runs a file dialog on its own thread (it blocks the thread that opens it; never the UI's).
+    fn pick(&self, make: impl FnOnce() -> Option<Picked> + Send + 'static) {
+        let tx = self.picked_tx.clone();
+        let ctx = self.ctx.clone();
+        std::thread::spawn(move || {
+            if let Some(p) = make() {
+                let _ = tx.send(p);
+                ctx.request_repaint();
+            }
+        });
+    }
+
+    fn start_generation(&mut self, parent: Option<TurnId>, query: String, images: Vec<ImageData>) {
+        let turns = match self.state.session.chat_turns_after(parent, &query, &images) {
+            Ok(t) => t,
+            Err(e) => {
+                self.state.notify(NoticeKind::Error, e.to_string());
+                return;
+            }
+        };
+        let id = self.state.new_request_id();
+        let settings = self.state.prefs.sampling.clone();
+        self.engine.send(Command::Generate { id, turns, params: settings.clone() });
+        self.state.pending = Some(Pending { id, parent, images, query, answer: String::new(), settings });
+    }
+
+    pub(super) fn switch_session(&mut self, session: Session, id: Option<String>) {
+        self.state.session = session;
+        self.state.session_id = id;
+        self.state.editing = None;
+        self.media.thumbs.clear();
+        for p in self.state.session.image_problems() {
+            self.state.notify(NoticeKind::Error, p);
+        }
+        if let Some(store) = self.store.as_mut() {
+            let _ = store.set_last_opened(self.state.session_id.as_deref());
+        }
+    }
+
+    pub(super) fn save_as(&mut self, path: &Path) {
+        let tr = self.state.tr();
+        match self.state.session.save(path, ImageStorage::Beside) {
+            Ok(()) => self.state.notify(NoticeKind::Info, fill(tr.saved_to, &[&path.display()])),
+            Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+        }
+    }
+
+    pub(super) fn export(&mut self, path: &Path, html: bool) {
+        let tr = self.state.tr();
+        let result = if html {
+            crate::export::write_html(&self.state.session, path)
+        } else {
+            crate::export::write_markdown(&self.state.session, path)
+        };
+        match result {
+            Ok(written) => self.state.notify(NoticeKind::Info, fill(tr.saved_to, &[&written.display()])),
+            Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+        }
+    }
+}
+
+/// The choice with the spaces a typed path may carry at either end removed.
+fn trimmed(choice: &ModelChoice) -> ModelChoice {
+    let trim = |p: &Path| PathBuf::from(p.to_string_lossy().trim());
+    let llm = match &choice.llm {
+        LlmSource::Folder(p) => LlmSource::Folder(trim(p)),
+        LlmSource::Gguf(p) => LlmSource::Gguf(trim(p)),
+        LlmSource::Delta { base, delta } => LlmSource::Delta { base: trim(base), delta: trim(delta) },
+    };
+    ModelChoice { vision: trim(&choice.vision), llm, ..choice.clone() }
+}

@@ -1,0 +1,218 @@
+//! What arrives from outside the UI thread — engine events, decoded images, plans, file dialog
+//! answers — folded into the state, and the work the state asks for started: thumbnails of the
+//! images shown, plans for the panel's choice, saving finished answers. Runs in `App::logic`,
+//! so it goes on while the window is minimised.
+
+use std::sync::Arc;
+
+use super::{Picked, Thumb, ZiyaApp};
+use crate::engine::Event;
+use crate::generation::Generation;
+use crate::session::{ModelInfo, NewTurn, TurnStats};
+use crate::ui::i18n::fill;
+use crate::ui::images::{ImageJob, ImageResult};
+use crate::ui::state::{Attachment, Intent, NoticeKind, Pending};
+
+impl ZiyaApp {
+    /// Brings in what the engine, the image workers, the planner and the dialogs have sent.
+    pub(super) fn pump(&mut self) {
+        while let Some(event) = self.engine.try_recv() {
+            self.on_engine_event(event);
+        }
+        while let Some(result) = self.images.try_recv() {
+            self.on_image(result);
+        }
+        while let Some(rows) = self.planner.try_recv() {
+            // Only the rows for what the panel shows now are kept.
+            if rows.choice == self.state.prefs.model {
+                self.state.plans = Some(rows);
+            }
+        }
+        while let Ok(picked) = self.picked_rx.try_recv() {
+            match picked {
+                Picked::Images(paths) => self.apply(Intent::AddFiles(paths)),
+                Picked::VisionDir(p) => self.apply(Intent::SetVisionPath(p)),
+                Picked::LlmDir(p) => self.apply(Intent::SetLlmPath(p)),
+                Picked::LlmBaseDir(p) => self.apply(Intent::SetBasePath(p)),
+                Picked::SessionFile(p) => self.apply(Intent::OpenSessionFile(p)),
+                Picked::SaveAs(p) => self.save_as(&p),
+                Picked::ExportMarkdown(p) => self.export(&p, false),
+                Picked::ExportHtml(p) => self.export(&p, true),
+            }
+        }
+    }
+
+    /// Folds an engine event into the state; a finished answer becomes a turn and is saved.
+    pub(super) fn on_engine_event(&mut self, event: Event) {
+        let state = &mut self.state;
+        match event {
+            Event::LoadProgress { done, total } => {
+                if state.model.loading.is_some() {
+                    state.model.loading = Some((done, total));
+                }
+            }
+            Event::Loaded(summary) => {
+                state.model.loading = None;
+                state.model.load_error = None;
+                state.model.loaded = Some(summary);
+            }
+            Event::LoadFailed(failure) => {
+                state.model.loading = None;
+                state.model.load_error = Some(failure.message);
+            }
+            Event::Unloaded => state.model.loaded = None,
+            Event::Token { id, text } => {
+                if let Some(p) = state.pending.as_mut().filter(|p| p.id == id) {
+                    p.answer.push_str(&text);
+                }
+            }
+            Event::Finished { id, generation } => {
+                if let Some(p) = state.pending.take_if(|p| p.id == id) {
+                    self.finish(p, generation);
+                    self.autosave();
+                }
+            }
+            Event::Failed { id, failure } => {
+                if let Some(p) = state.pending.take_if(|p| p.id == id) {
+                    state.notify(NoticeKind::Error, fill(state.tr().answer_failed, &[&failure.message]));
+                    // Give the question back so nothing typed is lost.
+                    if state.composer.text.is_empty() && state.composer.attachments.is_empty() {
+                        state.composer.text = p.query;
+                        for image in p.images {
+                            let key = state.new_key();
+                            state.composer.attachments.push(Attachment {
+                                key,
+                                name: image.name.clone(),
+                                image: Some(image),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a finished (or stopped) answer as a turn of the conversation, with the model that
+    /// gave it.
+    fn finish(&mut self, p: Pending, g: Generation) {
+        let state = &mut self.state;
+        state.last_speed = g.tokens_per_second().or(state.last_speed);
+        // A question stopped before any text keeps its turn, marked stopped: what was asked is kept.
+        let model = state.model.loaded.as_deref().map(ModelInfo::of);
+        state.session.add_turn(
+            p.parent,
+            NewTurn {
+                images: p.images,
+                query: p.query,
+                answer: g.text.clone(),
+                token_ids: g.token_ids.clone(),
+                settings: Some(p.settings),
+                stats: Some(TurnStats::of(&g)),
+                model,
+            },
+        );
+    }
+
+    fn on_image(&mut self, result: ImageResult) {
+        match result {
+            ImageResult::Attached { key, image, thumb } => {
+                if self.waiting.remove(&key) {
+                    let tex = self.ctx.load_texture(format!("attachment-{key}"), thumb, Default::default());
+                    self.media.attachment_thumbs.insert(key, tex);
+                    if let Some(a) = self.state.composer.attachments.iter_mut().find(|a| a.key == key) {
+                        a.name = image.name.clone();
+                        a.image = Some(image);
+                    }
+                }
+            }
+            ImageResult::Refused { key, message } => {
+                self.waiting.remove(&key);
+                self.state.composer.attachments.retain(|a| a.key != key);
+                self.state.notify(NoticeKind::Error, message);
+            }
+            ImageResult::Thumbnail { hash, thumb } => {
+                let t = match thumb {
+                    Ok(img) => Thumb::Ready(self.ctx.load_texture(format!("thumb-{hash}"), img, Default::default())),
+                    Err(e) => Thumb::Failed(e),
+                };
+                self.media.thumbs.insert(hash, t);
+            }
+        }
+    }
+
+    /// Asks the workers for the thumbnails of the images the chat shows that it has not asked
+    /// for yet (the conversation's and the answer being generated's), once each.
+    pub(super) fn request_thumbnails(&mut self) {
+        /// A thumbnail to make, or why there can be none.
+        type Wanted = (String, Result<(String, Arc<[u8]>), String>);
+        let session = &self.state.session;
+        let thumbs = &self.media.thumbs;
+        let mut wanted: Vec<Wanted> = Vec::new();
+        let mut want = |hash: &String, source: &dyn Fn() -> Result<(String, Arc<[u8]>), String>| {
+            if !thumbs.contains_key(hash) && !wanted.iter().any(|w| &w.0 == hash) {
+                wanted.push((hash.clone(), source()));
+            }
+        };
+        for turn in session.active_path() {
+            for hash in &turn.images {
+                want(hash, &|| match session.images.get(hash) {
+                    Some(img) => match &img.bytes {
+                        Some(b) => Ok((img.name.clone(), b.clone())),
+                        None => Err(img.problem.clone().unwrap_or_default()),
+                    },
+                    None => Err("not in the session".into()),
+                });
+            }
+        }
+        for img in self.state.pending.iter().flat_map(|p| &p.images) {
+            want(&img.hash, &|| Ok((img.name.clone(), img.bytes.clone())));
+        }
+        for (hash, source) in wanted {
+            match source {
+                Ok((name, bytes)) => {
+                    self.images.submit(ImageJob::Thumbnail { hash: hash.clone(), name, bytes });
+                    self.media.thumbs.insert(hash, Thumb::Pending);
+                }
+                Err(why) => {
+                    self.media.thumbs.insert(hash, Thumb::Failed(why));
+                }
+            }
+        }
+    }
+
+    /// Asks the planner for the panel's choice when it changed (the folders are read there, not
+    /// on the UI thread).
+    pub(super) fn request_plans(&mut self) {
+        let choice = &self.state.prefs.model;
+        if !choice.is_complete() || self.state.plans.as_ref().is_some_and(|p| &p.choice == choice) {
+            return;
+        }
+        self.planner.request(choice);
+    }
+
+    pub(super) fn refresh_sessions(&mut self) {
+        self.state.sessions = self.store.as_ref().map(|s| s.list()).unwrap_or_default();
+    }
+
+    /// Saves the conversation in the store (after each finished turn and each edit).
+    pub(super) fn autosave(&mut self) {
+        if self.state.session.turns.is_empty() {
+            return;
+        }
+        let Some(store) = self.store.as_mut() else { return };
+        let id = match &self.state.session_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = store.new_id();
+                self.state.session_id = Some(id.clone());
+                id
+            }
+        };
+        let result = store.save(&id, &self.state.session).and_then(|_| store.set_last_opened(Some(&id)));
+        if let Err(e) = result {
+            // The conversation stays in memory; the next save tries again.
+            self.state.notify(NoticeKind::Error, format!("{e}"));
+        }
+        self.refresh_sessions();
+    }
+}

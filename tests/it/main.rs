@@ -1,0 +1,19 @@
+//! The integration tests, in one binary so that egui and candle are linked once:
+//! - `parity`, `preprocess_parity`, `precision`: the networks and preprocessing against HF
+//!   transformers' outputs (tests/fixtures/make_fixtures.py);
+//! - `ask_cli`, `delta`, `gguf`: the `ask`, `merge-delta` and `quantize` commands, driven as the
+//!   real binary;
+//! - `app_ui`, `app_sessions`: the window with the real engine, through egui_kittest;
+//! - `interrupted_save`: a save killed halfway leaves the previous file intact.
+
+mod common;
+
+mod app_sessions;
+mod app_ui;
+mod ask_cli;
+mod delta;
+mod gguf;
+mod interrupted_save;
+mod parity;
+mod precision;
+mod preprocess_parity;
