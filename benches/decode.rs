@@ -75,7 +75,7 @@ fn main() {
         let bytes = p.model.llm.weight_bytes_per_token();
         let params =
             SamplingParams { temperature: 0.0, max_new_tokens: tokens, ignore_eos: true, ..Default::default() };
-        let turns = vec![ChatTurn { images: vec![], query: "benchmark".into(), answer: None }];
+        let turns = vec![ChatTurn::question("benchmark", vec![])];
         let g = p.generate(&turns, &params, &mut |_| true).unwrap();
         let tps = g.tokens_per_second().unwrap_or(0.0);
         let roof = bw / bytes as f64;

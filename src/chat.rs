@@ -72,11 +72,21 @@ pub fn content_hash(bytes: &[u8]) -> String {
 }
 
 /// One turn of a conversation; `answer` is `None` for the turn being asked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatTurn {
     pub images: Vec<ImageData>,
     pub query: String,
     pub answer: Option<String>,
+    /// For an answered turn: the index of the first turn the model saw when it answered it
+    /// (0: the whole conversation; see [`context_window`]).
+    pub context_start: usize,
+}
+
+impl ChatTurn {
+    /// The question being asked.
+    pub fn question(query: impl Into<String>, images: Vec<ImageData>) -> Self {
+        Self { images, query: query.into(), answer: None, context_start: 0 }
+    }
 }
 
 /// A piece of the prompt: text to tokenize, or the slot of an image (index into the images list
@@ -186,6 +196,85 @@ impl Prompt {
     }
 }
 
+/// The part of a conversation the model sees when answering its last turn, and that part's
+/// prompt.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Index of the first turn in the window.
+    pub start: usize,
+    pub prompt: Prompt,
+    /// Prompt positions (text tokens plus `query_tokens` per image).
+    pub len: usize,
+}
+
+/// Why a question cannot be answered at all: even alone it does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    /// Positions the question alone needs (its prompt), the new tokens reserved, the context.
+    pub prompt: usize,
+    pub max_new: usize,
+    pub context: usize,
+}
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the question needs {} positions (prompt {} + up to {} new tokens) but the model's context is {}; \
+             shorten it, use fewer images or lower max_new_tokens",
+            self.prompt.saturating_add(self.max_new),
+            self.prompt,
+            self.max_new,
+            self.context
+        )
+    }
+}
+
+/// Which turns the model sees when answering the last of `turns` (turn n, the unanswered one),
+/// with context `context` (max_position_embeddings) and `max_new` positions reserved. The
+/// contract (issue 10; tests/fixtures/make_fixtures.py implements it independently):
+///
+/// 1. Start from the first turn the previous answered turn started from
+///    (`turns[n-1].context_start`), or 0 for the first turn.
+/// 2. If the layout of turns `start..=n` plus `max_new` exceeds the context, move `start` forward
+///    one whole turn at a time until the layout of `start..=n` plus `max_new` is at most half the
+///    context (integer division), or `start == n`.
+/// 3. If turn n alone plus `max_new` exceeds the context, refuse with the numbers.
+///
+/// The window is laid out exactly as a whole conversation is (its first piece starts with the
+/// prompt prefix and gets BOS). Dropping to half the context, rather than just until it fits,
+/// keeps the window stable for several turns, so the KV-cache prefix is reused between trims.
+pub fn context_window(
+    template: &ChatTemplate,
+    tokenizer: &ChatTokenizer,
+    turns: &[ChatTurn],
+    query_tokens: usize,
+    context: usize,
+    max_new: usize,
+) -> Result<std::result::Result<Window, TooLong>> {
+    let Some(n) = turns.len().checked_sub(1) else {
+        return Err(crate::Error::Request("there is no question to answer".into()));
+    };
+    let layout = |start: usize| -> Result<Window> {
+        let prompt = Prompt::build(template, tokenizer, &turns[start..])?;
+        let len = prompt.len(query_tokens);
+        Ok(Window { start, prompt, len })
+    };
+    let fits = |w: &Window, limit: usize| w.len.saturating_add(max_new) <= limit;
+    // A start beyond the question (a damaged file) is no start at all.
+    let previous = n.checked_sub(1).map_or(0, |p| turns[p].context_start.min(n));
+    let mut window = layout(previous)?;
+    if !fits(&window, context) {
+        while window.start < n && !fits(&window, context / 2) {
+            window = layout(window.start + 1)?;
+        }
+    }
+    if !fits(&window, context) {
+        return Ok(Err(TooLong { prompt: window.len, max_new, context }));
+    }
+    Ok(Ok(window))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,9 +290,9 @@ mod tests {
     #[test]
     fn turns_interleave_images_and_text_pieces() {
         let turns = vec![
-            ChatTurn { images: vec![img("a"), img("b")], query: "q1".into(), answer: Some("a1".into()) },
-            ChatTurn { images: vec![], query: "q2".into(), answer: Some("a2".into()) },
-            ChatTurn { images: vec![img("c")], query: "q3".into(), answer: None },
+            ChatTurn { answer: Some("a1".into()), ..ChatTurn::question("q1", vec![img("a"), img("b")]) },
+            ChatTurn { answer: Some("a2".into()), ..ChatTurn::question("q2", vec![]) },
+            ChatTurn::question("q3", vec![img("c")]),
         ];
         let segs = segments(&template("SYS "), &turns);
         assert_eq!(
@@ -220,7 +309,7 @@ mod tests {
 
     #[test]
     fn text_only_conversation_is_one_piece() {
-        let turns = vec![ChatTurn { images: vec![], query: "你好".into(), answer: None }];
+        let turns = vec![ChatTurn::question("你好", vec![])];
         assert_eq!(segments(&template(""), &turns), vec![Segment::Text("<human>:你好\n<bot>:".into())]);
     }
 }

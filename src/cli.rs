@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::chat::{ChatTemplate, ImageData, Prompt};
+use crate::chat::{context_window, ChatTemplate, ImageData};
 use crate::device::{DeviceKind, Placement, Precision};
 use crate::engine::{Command as EngineCommand, Engine, Event, ModelSummary};
 use crate::error::{Error, Result};
@@ -261,6 +261,8 @@ struct AskJson<'a> {
     text: &'a str,
     token_ids: &'a [u32],
     prompt_tokens: usize,
+    /// Index of the first turn the model saw (earlier turns of a long story had left its view).
+    context_start: usize,
     generated_tokens: usize,
     device: &'a str,
     dtype: &'a str,
@@ -429,19 +431,17 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     let turns = session.chat_turns(&args.query, &images)?;
 
     // Size the job before loading anything heavy: the prompt's length needs only the configs
-    // and the tokenizer, read once here and handed to the engine.
+    // and the tokenizer, read once here and handed to the engine. A long story keeps only its
+    // latest turns in view (chat::context_window); a question that cannot fit even alone is
+    // refused now, not after minutes of loading.
     let files = ModelFiles::read(&args.model)?;
-    let prompt =
-        Prompt::build(&ChatTemplate::from_config(&files.vision), &files.tokenizer, &turns)?.len(files.query_tokens());
     let context = files.context_length();
+    let template = ChatTemplate::from_config(&files.vision);
+    let window =
+        context_window(&template, &files.tokenizer, &turns, files.query_tokens(), context, params.max_new_tokens)?
+            .map_err(|too_long| Error::Request(too_long.to_string()))?;
+    let prompt = window.len;
     let needed = prompt.saturating_add(params.max_new_tokens);
-    if needed > context {
-        return Err(Error::Request(format!(
-            "the conversation needs {needed} positions (prompt {prompt} + up to {} new tokens) but the model's context \
-             is {context}; start a new conversation or lower max_new_tokens",
-            params.max_new_tokens
-        )));
-    }
 
     let mut engine = Engine::spawn(Box::new(|| {}));
     engine.send(EngineCommand::LoadFiles { files: Box::new(files), prompt, context: needed });
@@ -471,6 +471,7 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
             text: &gen.text,
             token_ids: &gen.token_ids,
             prompt_tokens: gen.prompt_tokens,
+            context_start: gen.context_start,
             generated_tokens: gen.generated_tokens(),
             device: &summary.device,
             dtype: &summary.dtype,
@@ -491,6 +492,7 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
             settings: Some(params),
             stats: Some(TurnStats::of(&gen)),
             model: Some(ModelInfo::of(&summary)),
+            context_start: Some(gen.context_start),
         });
         session.save(path, ImageStorage::Beside)?;
     }

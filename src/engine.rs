@@ -466,7 +466,7 @@ mod tests {
     }
 
     fn question(q: &str) -> Vec<ChatTurn> {
-        vec![ChatTurn { images: vec![], query: q.into(), answer: None }]
+        vec![ChatTurn::question(q, vec![])]
     }
 
     #[test]

@@ -25,8 +25,11 @@ pub struct Generation {
     pub text: String,
     /// Generated ids, EOS excluded.
     pub token_ids: Vec<u32>,
-    /// Positions in the prompt: text tokens plus num_query_tokens per image.
+    /// Positions in the prompt (of the turns the model saw): text tokens plus num_query_tokens
+    /// per image.
     pub prompt_tokens: usize,
+    /// Index of the first turn the model saw (earlier ones had left its context).
+    pub context_start: usize,
     /// Of those, positions whose keys and values were reused from the previous prompt.
     pub reused_tokens: usize,
     pub stop: StopReason,
@@ -40,6 +43,7 @@ impl Generation {
             text: String::new(),
             token_ids: Vec::new(),
             prompt_tokens: 0,
+            context_start: 0,
             reused_tokens: 0,
             stop: StopReason::Cancelled,
             timings: Timings::default(),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::chat::{ChatTemplate, ChatTurn, Prompt, PromptItem, PromptPiece};
+use crate::chat::{context_window, ChatTemplate, ChatTurn, Prompt, PromptItem, PromptPiece};
 use crate::error::{Error, Result};
 use crate::generation::{Generation, StopReason, Timings};
 use crate::model::files::LoadedModel;
@@ -98,6 +98,15 @@ impl Pipeline {
         Ok(Tensor::cat(&parts, 1)?)
     }
 
+    /// Forgets the embeddings of the images of `dropped` turns that `prompt` does not use.
+    fn forget_images(&mut self, dropped: &[ChatTurn], prompt: &Prompt) {
+        for img in dropped.iter().flat_map(|t| &t.images) {
+            if !prompt.images.iter().any(|i| i.hash == img.hash) && self.image_cache.remove(&img.hash).is_some() {
+                self.image_cache_order.retain(|h| h != &img.hash);
+            }
+        }
+    }
+
     /// Forgets the cached prompt (keys and values); image embeddings stay.
     pub fn reset_cache(&mut self) {
         self.kv.clear();
@@ -131,19 +140,15 @@ impl Pipeline {
             Some(t) if t.answer.is_none() => {}
             _ => return Err(Error::Request("the last turn must be an unanswered question".into())),
         }
-        let prompt = Prompt::build(&self.template, &self.tokenizer, turns)?;
+        // The turns the model sees: the oldest leave its view by the long-story rule.
         let q = self.query_tokens();
+        let window =
+            context_window(&self.template, &self.tokenizer, turns, q, self.context_length(), params.max_new_tokens)?
+                .map_err(|too_long| Error::Request(too_long.to_string()))?;
+        let prompt = window.prompt;
         let items = prompt.items(q);
-        let context = self.context_length();
-        if items.len() + params.max_new_tokens > context {
-            return Err(Error::Request(format!(
-                "the conversation needs {} positions (prompt {} + up to {} new tokens) but the model's context is {context}; \
-                 start a new conversation or lower max_new_tokens",
-                items.len() + params.max_new_tokens,
-                items.len(),
-                params.max_new_tokens
-            )));
-        }
+        // Image embeddings of turns that left the window are not needed any more.
+        self.forget_images(&turns[..window.start], &prompt);
 
         let mut timings = Timings::default();
         let t = Instant::now();
@@ -200,6 +205,7 @@ impl Pipeline {
             text,
             token_ids: stream.ids().to_vec(),
             prompt_tokens: items.len(),
+            context_start: window.start,
             reused_tokens: common,
             stop,
             timings,

@@ -211,6 +211,9 @@ struct TurnRecord {
     stats: Option<StatsRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     model: Option<ModelRecord>,
+    /// The first turn of its branch the model saw (long stories); absent means 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    context_start: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -336,6 +339,7 @@ impl Session {
                 settings: t.settings.map(Into::into).or_else(|| if linear { file_settings.clone() } else { None }),
                 stats: t.stats.map(Into::into),
                 model: t.model.map(Into::into),
+                context_start: t.context_start,
             });
         }
         let active_leaf = if linear {
@@ -423,6 +427,7 @@ impl Session {
                     settings: t.settings.as_ref().map(Into::into),
                     stats: t.stats.as_ref().map(Into::into),
                     model: t.model.as_ref().map(Into::into),
+                    context_start: t.context_start,
                 })
                 .collect(),
             active_leaf: self.active_leaf,

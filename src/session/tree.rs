@@ -82,6 +82,9 @@ pub struct Turn {
     pub stats: Option<TurnStats>,
     /// The model that answered (recorded when the answer finished).
     pub model: Option<ModelInfo>,
+    /// The first turn (index on this turn's branch) the model saw when answering; `None` in
+    /// files written before long stories were trimmed, which means 0.
+    pub context_start: Option<usize>,
 }
 
 /// What a new turn consists of before it has an id and a place in the tree.
@@ -94,6 +97,7 @@ pub struct NewTurn {
     pub settings: Option<SamplingParams>,
     pub stats: Option<TurnStats>,
     pub model: Option<ModelInfo>,
+    pub context_start: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -163,6 +167,7 @@ impl Session {
             settings: turn.settings,
             stats: turn.stats,
             model: turn.model,
+            context_start: turn.context_start,
         });
         self.active_leaf = Some(id);
         self.updated_at = now;
@@ -296,9 +301,10 @@ impl Session {
                 images: self.turn_images(turn)?,
                 query: turn.query.clone(),
                 answer: Some(turn.answer.clone()),
+                context_start: turn.context_start.unwrap_or(0),
             });
         }
-        out.push(ChatTurn { images: images.to_vec(), query: query.to_string(), answer: None });
+        out.push(ChatTurn::question(query, images.to_vec()));
         Ok(out)
     }
 }
@@ -341,6 +347,7 @@ pub(crate) mod tests {
             settings: Some(SamplingParams { temperature: 0.0, ..Default::default() }),
             stats: None,
             model: None,
+            context_start: None,
         };
         let first = s.push_turn(turn(
             vec![a.clone(), b],

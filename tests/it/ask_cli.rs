@@ -153,6 +153,8 @@ fn a_version_1_session_continues_with_the_reference_ids() {
     let turn = &case("three_turn")[2];
     let j = run_turn(turn, &["--session", path.to_str().unwrap()]);
     assert_eq!(ids(&j["token_ids"]), turn.token_ids);
+    // A file written before long stories were trimmed continues unchanged while it fits.
+    assert_eq!(j["context_start"], 0);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! - `ask_cli`, `delta`, `gguf`: the `ask`, `merge-delta` and `quantize` commands, driven as the
 //!   real binary;
 //! - `app_ui`, `app_sessions`: the window with the real engine, through egui_kittest;
+//! - `long_story`: the oldest turns leave the context by a fixed rule, as the reference does;
 //! - `interrupted_save`: a save killed halfway leaves the previous file intact.
 
 mod common;
@@ -14,6 +15,7 @@ mod ask_cli;
 mod delta;
 mod gguf;
 mod interrupted_save;
+mod long_story;
 mod parity;
 mod precision;
 mod preprocess_parity;

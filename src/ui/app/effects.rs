@@ -109,6 +109,7 @@ impl ZiyaApp {
                 settings: Some(p.settings),
                 stats: Some(TurnStats::of(&g)),
                 model,
+                context_start: Some(g.context_start),
             },
         );
     }

@@ -57,6 +57,16 @@ pub struct Cases {
     pub preprocessing: Vec<RefImage>,
     pub tokenizer: Vec<RefTokens>,
     pub delta: RefDelta,
+    pub long_story: RefStory,
+}
+
+/// A story with an image in every turn, long enough that the oldest turns leave the context
+/// (each turn answered on the window `chat::context_window` keeps).
+#[derive(Debug, Deserialize)]
+pub struct RefStory {
+    pub context: usize,
+    pub max_new_tokens: usize,
+    pub turns: Vec<RefTurn>,
 }
 
 /// One turn of a reference conversation, answered greedily by transformers (with the earlier
@@ -78,6 +88,9 @@ pub struct RefTurn {
     pub stopped_at_eos: bool,
     /// The gap between the two best logits at each step (how close a greedy choice was).
     pub margins: Vec<f32>,
+    /// The first turn the model saw (long stories only).
+    #[serde(default)]
+    pub context_start: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,11 +128,27 @@ impl RefTurn {
     }
     /// This turn as the question being asked.
     pub fn asked(&self) -> ChatTurn {
-        ChatTurn { images: self.image_data(), query: self.query.clone(), answer: None }
+        ChatTurn::question(self.query.clone(), self.image_data())
     }
     /// This turn with the reference's answer.
     pub fn answered(&self) -> ChatTurn {
-        ChatTurn { answer: Some(self.text.clone()), ..self.asked() }
+        ChatTurn { answer: Some(self.text.clone()), context_start: self.context_start, ..self.asked() }
+    }
+
+    /// The prompt layout the reference used, with image slots numbered in order.
+    pub fn pieces(&self) -> Vec<ziya_visual::chat::PromptPiece> {
+        use ziya_visual::chat::PromptPiece;
+        let mut image = 0;
+        self.prompt_pieces
+            .iter()
+            .map(|piece| match piece {
+                RefPiece::Tokens { tokens } => PromptPiece::Tokens(tokens.clone()),
+                RefPiece::Image { .. } => {
+                    image += 1;
+                    PromptPiece::Image(image - 1)
+                }
+            })
+            .collect()
     }
 }
 
