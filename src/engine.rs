@@ -44,6 +44,14 @@ pub enum Command {
     Cancel {
         id: RequestId,
     },
+    /// Lays out `turns` (the last one unanswered) as the model would see them, without
+    /// answering: the window and positions it takes (the context meter). Answered with
+    /// `Event::Measured` carrying `key`.
+    Measure {
+        key: u64,
+        turns: Vec<ChatTurn>,
+        max_new: usize,
+    },
     Unload,
     Shutdown,
     /// Panics inside the engine as a request would if the model code failed (tests of recovery).
@@ -128,6 +136,20 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// How much of the context a conversation takes (see `Command::Measure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measurement {
+    pub key: u64,
+    /// The first turn the model would see.
+    pub window_start: usize,
+    /// Positions of that window's prompt, the new tokens reserved, and the context.
+    pub prompt: usize,
+    pub max_new: usize,
+    pub context: usize,
+    /// The question cannot be answered even alone.
+    pub too_long: bool,
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
     LoadProgress {
@@ -151,6 +173,7 @@ pub enum Event {
         id: RequestId,
         failure: Failure,
     },
+    Measured(Measurement),
 }
 
 /// Called after every event so the UI wakes up (`egui::Context::request_repaint`).
@@ -302,6 +325,7 @@ impl Worker {
                 Command::Cancel { id } => {
                     self.cancelled.insert(id);
                 }
+                Command::Measure { key, turns, max_new } => self.measure(key, &turns, max_new),
                 Command::Unload => {
                     self.loaded = None;
                     self.emit(Event::Unloaded);
@@ -403,6 +427,24 @@ impl Worker {
                 }
             }
         }
+    }
+
+    fn measure(&mut self, key: u64, turns: &[ChatTurn], max_new: usize) {
+        let Some(loaded) = &self.loaded else { return };
+        let context = loaded.pipeline.context_length();
+        let measured = match loaded.pipeline.measure(turns, max_new) {
+            Ok(Ok(w)) => Measurement { key, window_start: w.start, prompt: w.len, max_new, context, too_long: false },
+            Ok(Err(t)) => Measurement {
+                key,
+                window_start: turns.len().saturating_sub(1),
+                prompt: t.prompt,
+                max_new,
+                context,
+                too_long: true,
+            },
+            Err(_) => return, // a tokenizer failure shows when the question is sent
+        };
+        self.emit(Event::Measured(measured));
     }
 
     fn generate(&mut self, id: RequestId, turns: &[ChatTurn], params: &SamplingParams) {

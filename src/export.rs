@@ -69,6 +69,9 @@ fn settings_line(turn: &Turn) -> String {
     parts.join(", ")
 }
 
+/// Where the model's view of a long story began when it last answered (the chat's divider).
+const HIDDEN_TURNS: &str = "Earlier turns are no longer seen by the model · 以上内容模型已看不到";
+
 fn model_line(session: &Session) -> String {
     match &session.model {
         Some(m) => format!("vision `{}`, LLM `{}` ({}, {})", m.vision_model, m.llm_model, m.dtype, m.device),
@@ -84,7 +87,11 @@ pub fn write_markdown(session: &Session, parent: &Path) -> Result<PathBuf> {
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", session.title);
     let _ = writeln!(md, "*Exported from ziya-visual. Model: {}.*\n", model_line(session));
+    let view_start = session.view_start();
     for (i, turn) in session.active_path().into_iter().enumerate() {
+        if i == view_start && i > 0 {
+            let _ = writeln!(md, "---\n\n*{HIDDEN_TURNS}*\n");
+        }
         let _ = writeln!(md, "## {}. {}\n", i + 1, format_date(turn.created_at));
         for hash in &turn.images {
             match session.images.get(hash) {
@@ -164,6 +171,8 @@ pub fn render_html(session: &Session) -> String {
          .imgs img {{ max-width: 260px; max-height: 260px; border-radius: 6px; margin: 0 0.4em 0.4em 0; \
          vertical-align: top; }}\n\
          .missing {{ color: #a60; }}\n\
+         .hidden-turns {{ color: #888; font-size: 0.85em; text-align: center; border-top: 1px solid #ccc; \
+         padding-top: 0.3em; }}\n\
          </style>\n</head>\n<body>\n<h1>{}</h1>\n<p class=\"meta\">Exported from ziya-visual · Model: {}</p>\n",
         escape(&session.title),
         // The bundled CJK font for Chinese text (unicode-range: the browser knows up front which
@@ -172,7 +181,11 @@ pub fn render_html(session: &Session) -> String {
         escape(&session.title),
         escape(&model_line(session).replace('`', ""))
     );
+    let view_start = session.view_start();
     for (i, turn) in session.active_path().into_iter().enumerate() {
+        if i == view_start && i > 0 {
+            let _ = writeln!(h, "<p class=\"hidden-turns\">{}</p>", escape(HIDDEN_TURNS));
+        }
         let _ = writeln!(h, "<div class=\"turn\">\n<p class=\"meta\">{}. {}</p>", i + 1, format_date(turn.created_at));
         if !turn.images.is_empty() {
             h.push_str("<div class=\"imgs\">");

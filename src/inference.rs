@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::chat::{context_window, ChatTemplate, ChatTurn, Prompt, PromptItem, PromptPiece};
+use crate::chat::{context_window, ChatTemplate, ChatTurn, Prompt, PromptItem, PromptPiece, TooLong, Window};
 use crate::error::{Error, Result};
 use crate::generation::{Generation, StopReason, Timings};
 use crate::model::files::LoadedModel;
@@ -105,6 +105,12 @@ impl Pipeline {
                 self.image_cache_order.retain(|h| h != &img.hash);
             }
         }
+    }
+
+    /// The window the model would see answering the last of `turns` with `max_new` positions
+    /// reserved (for the context meter); nothing is computed but the layout.
+    pub fn measure(&self, turns: &[ChatTurn], max_new: usize) -> Result<std::result::Result<Window, TooLong>> {
+        context_window(&self.template, &self.tokenizer, turns, self.query_tokens(), self.context_length(), max_new)
     }
 
     /// Forgets the cached prompt (keys and values); image embeddings stay.

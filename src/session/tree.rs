@@ -198,6 +198,13 @@ impl Session {
         path
     }
 
+    /// Index (on the active path) of the first turn the model still sees: where the latest
+    /// answer's window began. Earlier turns stay in the transcript but left the model's view.
+    pub fn view_start(&self) -> usize {
+        let path = self.active_path();
+        path.last().and_then(|t| t.context_start).unwrap_or(0).min(path.len().saturating_sub(1))
+    }
+
     /// Which version of its position `id` is (0-based) and how many there are.
     pub fn version_of(&self, id: TurnId) -> (usize, usize) {
         let Some(t) = self.turn(id) else { return (0, 0) };

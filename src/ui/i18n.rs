@@ -96,6 +96,10 @@ pub struct Tr {
     pub rename: &'static str,
     pub images_count: &'static str,
     pub saved_to: &'static str,
+    pub earlier_turns_hidden: &'static str,
+    pub context_meter: &'static str,
+    pub will_drop_turns: &'static str,
+    pub question_too_long: &'static str,
 }
 
 /// Replaces each `{}` in `template` with the next value.
@@ -188,6 +192,10 @@ pub static ZH: Tr = Tr {
     rename: "重命名",
     images_count: "{} 张图片",
     saved_to: "已保存到 {}",
+    earlier_turns_hidden: "以上内容模型已看不到",
+    context_meter: "上下文 {} / {}",
+    will_drop_turns: "发送后，最早的 {} 轮对话将移出模型的视野",
+    question_too_long: "这个问题本身就超出了模型的上下文，请缩短问题、减少图片或降低最大生成长度",
 };
 
 pub static EN: Tr = Tr {
@@ -263,6 +271,11 @@ pub static EN: Tr = Tr {
     rename: "Rename",
     images_count: "{} images",
     saved_to: "Saved to {}",
+    earlier_turns_hidden: "Earlier turns are no longer seen by the model",
+    context_meter: "Context {} / {}",
+    will_drop_turns: "Sending moves the oldest {} turn(s) out of the model's view",
+    question_too_long:
+        "This question alone does not fit in the model's context: shorten it, use fewer images or lower max new tokens",
 };
 
 #[cfg(test)]

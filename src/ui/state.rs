@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat::ImageData;
 use crate::device::{DeviceKind, Precision};
-use crate::engine::{ModelSummary, RequestId};
+use crate::engine::{Measurement, ModelSummary, RequestId};
 use crate::model::choice::ModelChoice;
 use crate::model::layers::Quant;
 use crate::model::plan::Plan;
@@ -210,6 +210,10 @@ pub struct AppState {
     pub renaming: Option<(String, String)>,
     /// Memory estimates for the panel's choice (recomputed off the UI thread when it changes).
     pub plans: Option<PlanRows>,
+    /// How much of the context the conversation plus the question being written takes (the
+    /// engine lays it out when either changes; `measure_key` names the latest request).
+    pub measure: Option<Measurement>,
+    pub measure_key: u64,
 }
 
 impl AppState {
@@ -230,6 +234,8 @@ impl AppState {
             last_speed: None,
             renaming: None,
             plans: None,
+            measure: None,
+            measure_key: 0,
         }
     }
 

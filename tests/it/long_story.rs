@@ -3,6 +3,7 @@
 //! token as HF transformers answers on the same trimmed layout (tests/fixtures/make_fixtures.py
 //! implements the rule independently).
 
+use egui_kittest::kittest::Queryable;
 use ziya_visual::chat::ChatTurn;
 
 use crate::common::app::*;
@@ -47,6 +48,34 @@ fn ask_continues_the_apps_long_story_with_the_same_window_and_ids() {
         assert_eq!(answered.token_ids, turn.token_ids, "app, turn {i}");
         assert_eq!(answered.context_start, Some(turn.context_start), "app, turn {i}");
     }
+    // The chat marks where the model's view begins (turn 5 of 7: turns 1-4 left it), and the
+    // meter counts from there: the window's positions plus the new tokens reserved.
+    assert_eq!(h.state().state.session.view_start(), 4);
+    h.get_by_label("Earlier turns are no longer seen by the model");
+    step_until(&mut h, "the context meter", |a| a.state.measure.is_some_and(|m| m.key == a.state.measure_key));
+    let m = h.state().state.measure.unwrap();
+    assert_eq!(m.window_start, 4);
+    assert_eq!(m.context, 512);
+    h.get_by_label(&format!("Context {} / 512", m.prompt + story.max_new_tokens));
+    // Typing the next question moves the meter (it is measured with the question in it).
+    h.ctx.memory_mut(|mem| mem.request_focus(egui::Id::unique(ziya_visual::ui::COMPOSER_ID)));
+    h.step();
+    h.event(egui::Event::Text(story.turns[7].query.clone()));
+    step_until(&mut h, "the meter to count the question", |a| {
+        a.state.measure.is_some_and(|x| x.key == a.state.measure_key && x.prompt > m.prompt)
+    });
+    h.state_mut().apply(ziya_visual::ui::state::Intent::SetComposerText(String::new()));
+
+    // Exports mark the same point.
+    let out = tempfile::tempdir().unwrap();
+    let md = ziya_visual::export::write_markdown(&h.state().state.session, out.path()).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    let (before, after) = md.split_once("Earlier turns are no longer seen by the model").expect("marked");
+    assert!(before.contains("## 4.") && !before.contains("## 5.") && after.contains("## 5."), "{md}");
+    let html = ziya_visual::export::render_html(&h.state().state.session);
+    let at = html.find("hidden-turns\">").expect("marked in HTML");
+    assert!(html[..at].matches("class=\"turn\"").count() == 4);
+
     let id = h.state().state.session_id.clone().expect("autosaved");
     let file = data.path().join("sessions").join(format!("{id}.json"));
     // Every turn is still in the transcript: nothing is deleted when turns leave the view.

@@ -72,6 +72,11 @@ impl ZiyaApp {
                     self.autosave();
                 }
             }
+            Event::Measured(m) => {
+                if m.key == state.measure_key {
+                    state.measure = Some(m);
+                }
+            }
             Event::Failed { id, failure } => {
                 if let Some(p) = state.pending.take_if(|p| p.id == id) {
                     state.notify(NoticeKind::Error, fill(state.tr().answer_failed, &[&failure.message]));
@@ -178,6 +183,37 @@ impl ZiyaApp {
                     self.media.thumbs.insert(hash, Thumb::Failed(why));
                 }
             }
+        }
+    }
+
+    /// Asks the engine how much of the context the conversation and the question being written
+    /// take, when either (or the model, or max new tokens) changed.
+    pub(super) fn request_measure(&mut self) {
+        use std::hash::{Hash, Hasher};
+        let state = &self.state;
+        let Some(model) = state.model.loaded.as_ref().filter(|_| !state.is_loading()) else {
+            return;
+        };
+        let images: Vec<_> = state.composer.attachments.iter().filter_map(|a| a.image.clone()).collect();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            state.session.active_leaf,
+            state.session.turns.len(),
+            &state.composer.text,
+            state.prefs.sampling.max_new_tokens,
+        )
+            .hash(&mut h);
+        images.iter().for_each(|i| i.hash.hash(&mut h));
+        (model.load_s.to_bits(), &model.choice.vision).hash(&mut h);
+        let key = h.finish();
+        if key == state.measure_key {
+            return;
+        }
+        self.state.measure_key = key;
+        // The conversation as it would be sent (a question not yet written counts as empty).
+        if let Ok(turns) = self.state.session.chat_turns(self.state.composer.text.trim_end(), &images) {
+            let max_new = self.state.prefs.sampling.max_new_tokens;
+            self.engine.send(crate::engine::Command::Measure { key, turns, max_new });
         }
     }
 

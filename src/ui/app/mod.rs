@@ -247,6 +247,7 @@ impl eframe::App for ZiyaApp {
         self.pump();
         self.request_thumbnails();
         self.request_plans();
+        self.request_measure();
         if self.state.is_loading() || self.state.is_busy() {
             // Keep drawing (the progress bar, the elapsed time) even between engine events.
             ctx.request_repaint_after(Duration::from_millis(100));

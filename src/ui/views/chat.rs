@@ -88,7 +88,11 @@ pub(super) fn chat(
                 ui.label(RichText::new(tr.composer_hint).weak());
             });
         }
-        for turn in &path {
+        let view_start = state.session.view_start();
+        for (i, turn) in path.iter().enumerate() {
+            if i == view_start && i > 0 {
+                hidden_turns_divider(ui, tr.earlier_turns_hidden);
+            }
             // The question.
             if state.editing.as_ref().is_some_and(|e| e.turn == turn.id) {
                 bubble(ui, true, |ui| edit_box(ui, state, thumbs, intents));
@@ -149,6 +153,18 @@ pub(super) fn chat(
             });
         }
     });
+}
+
+/// A thin line with a label above the first turn the model still sees.
+fn hidden_turns_divider(ui: &mut Ui, text: &str) {
+    ui.add_space(4.0);
+    ui.horizontal(|ui| {
+        let w = (ui.available_width() - 320.0).max(20.0) / 2.0;
+        ui.add_sized([w, 8.0], egui::Separator::default().horizontal());
+        ui.label(RichText::new(text).small().weak());
+        ui.add_sized([w, 8.0], egui::Separator::default().horizontal());
+    });
+    ui.add_space(4.0);
 }
 
 /// The question being edited, in place of its bubble (its images were asked for with the turn's).

@@ -92,7 +92,34 @@ pub(super) fn composer(ui: &mut Ui, state: &AppState, media: &Media, intents: &m
     if let Some(why) = blocker.filter(|b| *b != SendBlocker::Empty) {
         ui.label(RichText::new(why.text(tr)).small().color(Color32::from_rgb(230, 140, 20)));
     }
+    context_meter(ui, state);
     ui.add_space(4.0);
+}
+
+/// Positions the conversation the model sees plus the question being written take, with the
+/// new tokens reserved, out of the model's context; and a warning when sending would move more
+/// turns out of view, or cannot fit at all.
+fn context_meter(ui: &mut Ui, state: &AppState) {
+    let tr = state.tr();
+    let Some(m) = state.measure.filter(|m| m.key == state.measure_key && state.model.loaded.is_some()) else {
+        return;
+    };
+    let used = m.prompt.saturating_add(m.max_new);
+    let frac = used as f32 / m.context.max(1) as f32;
+    let warn = Color32::from_rgb(230, 140, 20);
+    ui.horizontal(|ui| {
+        let text = crate::ui::i18n::fill(tr.context_meter, &[&used, &m.context]);
+        let color =
+            if m.too_long || frac > 1.0 { Color32::from_rgb(230, 90, 60) } else { ui.visuals().weak_text_color() };
+        ui.add(egui::ProgressBar::new(frac.min(1.0)).desired_width(120.0).desired_height(6.0));
+        ui.label(RichText::new(text).small().color(color));
+        let dropped = m.window_start.saturating_sub(state.session.view_start());
+        if m.too_long {
+            ui.label(RichText::new(tr.question_too_long).small().color(Color32::from_rgb(230, 90, 60)));
+        } else if dropped > 0 {
+            ui.label(RichText::new(crate::ui::i18n::fill(tr.will_drop_turns, &[&dropped])).small().color(warn));
+        }
+    });
 }
 
 fn short_name(name: &str) -> String {

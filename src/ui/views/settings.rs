@@ -14,7 +14,10 @@ pub(super) fn settings_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<In
         ui.add(egui::Slider::new(&mut s.temperature, 0.0..=2.0).text(tr.temperature));
         ui.add(egui::Slider::new(&mut s.top_p, 0.01..=1.0).text(tr.top_p));
         ui.add(egui::Slider::new(&mut s.top_k, 0..=200).text(tr.top_k));
-        ui.add(egui::Slider::new(&mut s.max_new_tokens, 1..=2048).logarithmic(true).text(tr.max_new_tokens));
+        // No more new tokens than the loaded model's context holds.
+        let most = state.model.loaded.as_ref().map_or(2048, |m| m.context_length).max(1);
+        s.max_new_tokens = s.max_new_tokens.min(most);
+        ui.add(egui::Slider::new(&mut s.max_new_tokens, 1..=most).logarithmic(true).text(tr.max_new_tokens));
         ui.add(egui::Slider::new(&mut s.repeat_penalty, 1.0..=2.0).text(tr.repeat_penalty));
         ui.horizontal(|ui| {
             let mut fixed = s.seed.is_some();
