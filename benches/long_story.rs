@@ -18,7 +18,7 @@ const ANSWER: usize = 60;
 /// A 320×240 picture of its own for each turn (gradients and a moving block).
 fn picture(turn: usize) -> ImageData {
     let img = image::RgbImage::from_fn(320, 240, |x, y| {
-        let block = (x / 40 + y / 40 + turn as u32) % 5 == 0;
+        let block = (x / 40 + y / 40 + turn as u32).is_multiple_of(5);
         let t = turn as u32 * 37;
         if block {
             image::Rgb([255 - (t % 200) as u8, 40, (t % 255) as u8])

@@ -207,28 +207,7 @@ pub struct Window {
     pub len: usize,
 }
 
-/// Why a question cannot be answered at all: even alone it does not fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooLong {
-    /// Positions the question alone needs (its prompt), the new tokens reserved, the context.
-    pub prompt: usize,
-    pub max_new: usize,
-    pub context: usize,
-}
-
-impl std::fmt::Display for TooLong {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the question needs {} positions (prompt {} + up to {} new tokens) but the model's context is {}; \
-             shorten it, use fewer images or lower max_new_tokens",
-            self.prompt.saturating_add(self.max_new),
-            self.prompt,
-            self.max_new,
-            self.context
-        )
-    }
-}
+pub use crate::error::TooLong;
 
 /// Which turns the model sees when answering the last of `turns` (turn n, the unanswered one),
 /// with context `context` (max_position_embeddings) and `max_new` positions reserved. The

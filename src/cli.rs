@@ -439,14 +439,14 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     let template = ChatTemplate::from_config(&files.vision);
     let window =
         context_window(&template, &files.tokenizer, &turns, files.query_tokens(), context, params.max_new_tokens)?
-            .map_err(|too_long| Error::Request(too_long.to_string()))?;
+            .map_err(Error::TooLong)?;
     let prompt = window.len;
     let needed = prompt.saturating_add(params.max_new_tokens);
 
     let mut engine = Engine::spawn(Box::new(|| {}));
     engine.send(EngineCommand::LoadFiles { files: Box::new(files), prompt, context: needed });
     let summary = wait_loaded(&engine)?;
-    if let Some(note) = &summary.device_note {
+    for note in &summary.device_notes {
         eprintln!("note: {note}");
     }
 

@@ -26,6 +26,15 @@ impl DeviceKind {
         }
     }
 
+    /// How the device is called in sentences.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "CPU",
+            DeviceKind::Cuda => "CUDA",
+            DeviceKind::Metal => "Metal",
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Self> {
         Self::ALL
             .into_iter()
@@ -91,14 +100,44 @@ impl Precision {
     /// The precision that runs on `device`: bf16 on the CPU becomes f16, since candle has no bf16
     /// matrix kernel for the CPU (every product would widen both operands to f32: about 30x
     /// slower than f16, see TOOLCHAIN notes). Returns the note to show when it changed.
-    pub fn effective(self, on_cpu: bool) -> (DType, Option<String>) {
+    pub fn effective(self, on_cpu: bool) -> (DType, Option<DeviceNote>) {
         if on_cpu && self == Precision::Bf16 {
-            return (
-                DType::F16,
-                Some("bf16 runs as f16 on the CPU (no fast bf16 kernel there; f16 is about 30x faster)".into()),
-            );
+            return (DType::F16, Some(DeviceNote::Bf16AsF16));
         }
         (self.dtype(), None)
+    }
+}
+
+/// Why the device or precision in use is not the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceNote {
+    /// The build has no support for the device asked for.
+    NotInBuild(DeviceKind),
+    /// The device could not be opened (no driver, no GPU, ...): the detail says why.
+    Unavailable(DeviceKind, String),
+    /// bf16 asked for on the CPU, where it runs as f16.
+    Bf16AsF16,
+}
+
+impl std::fmt::Display for DeviceNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceNote::NotInBuild(DeviceKind::Cuda) => {
+                f.write_str("this build has no CUDA support (build with --features cuda); running on the CPU")
+            }
+            DeviceNote::NotInBuild(d) => {
+                write!(
+                    f,
+                    "this build has no {} support (build with --features {}); running on the CPU",
+                    d.label(),
+                    d.name()
+                )
+            }
+            DeviceNote::Unavailable(d, why) => write!(f, "{} is not available: {why}; running on the CPU", d.label()),
+            DeviceNote::Bf16AsF16 => {
+                f.write_str("bf16 runs as f16 on the CPU (no fast bf16 kernel there; f16 is about 30x faster)")
+            }
+        }
     }
 }
 
@@ -116,8 +155,8 @@ pub fn dtype_name(dtype: DType) -> &'static str {
 pub struct Placement {
     pub device: Device,
     pub dtype: DType,
-    /// Why the device or precision in use is not the one asked for, if it is not.
-    pub note: Option<String>,
+    /// Why the device or precision in use is not the one asked for (empty when they are).
+    pub notes: Vec<DeviceNote>,
 }
 
 impl Placement {
@@ -125,45 +164,41 @@ impl Placement {
     pub fn resolve(device: DeviceKind, precision: Precision) -> Self {
         let (device, device_note) = open_device(device);
         let (dtype, dtype_note) = precision.effective(device.is_cpu());
-        let note = match (device_note, dtype_note) {
-            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-            (a, b) => a.or(b),
-        };
-        Self { device, dtype, note }
+        Self { device, dtype, notes: device_note.into_iter().chain(dtype_note).collect() }
     }
 
     /// The CPU in the given precision (tests, benchmarks).
     pub fn cpu(precision: Precision) -> Self {
         let (dtype, note) = precision.effective(true);
-        Self { device: Device::Cpu, dtype, note }
+        Self { device: Device::Cpu, dtype, notes: note.into_iter().collect() }
     }
 }
 
 /// The device asked for, or the CPU with the reason when it cannot be had (a CUDA build on a
 /// machine without a GPU keeps working).
-pub fn open_device(kind: DeviceKind) -> (Device, Option<String>) {
+pub fn open_device(kind: DeviceKind) -> (Device, Option<DeviceNote>) {
     match kind {
         DeviceKind::Cpu => (Device::Cpu, None),
         DeviceKind::Cuda => {
             if !cfg!(feature = "cuda") {
-                return (Device::Cpu, Some("this build has no CUDA support (build with --features cuda)".into()));
+                return (Device::Cpu, Some(DeviceNote::NotInBuild(kind)));
             }
             #[cfg(feature = "cuda")]
             if let Err(missing) = cuda_libs::load() {
-                return (Device::Cpu, Some(format!("CUDA is not available: {missing}")));
+                return (Device::Cpu, Some(DeviceNote::Unavailable(kind, missing)));
             }
             match Device::new_cuda(0) {
                 Ok(d) => (d, None),
-                Err(e) => (Device::Cpu, Some(format!("CUDA is not available: {}", crate::error::candle_message(&e)))),
+                Err(e) => (Device::Cpu, Some(DeviceNote::Unavailable(kind, crate::error::candle_message(&e)))),
             }
         }
         DeviceKind::Metal => {
             if !cfg!(feature = "metal") {
-                return (Device::Cpu, Some("this build has no Metal support (build with --features metal)".into()));
+                return (Device::Cpu, Some(DeviceNote::NotInBuild(kind)));
             }
             match Device::new_metal(0) {
                 Ok(d) => (d, None),
-                Err(e) => (Device::Cpu, Some(format!("Metal is not available: {}", crate::error::candle_message(&e)))),
+                Err(e) => (Device::Cpu, Some(DeviceNote::Unavailable(kind, crate::error::candle_message(&e)))),
             }
         }
     }

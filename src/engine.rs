@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::chat::ChatTurn;
 use crate::device::{device_name, dtype_name, Placement};
-use crate::error::{Error, Result};
+use crate::error::{Error, Problem, Result};
 use crate::generation::Generation;
 use crate::inference::Pipeline;
 use crate::model::choice::ModelChoice;
@@ -82,8 +82,8 @@ pub struct ModelSummary {
     pub device: String,
     pub dtype: String,
     pub quant: Option<Quant>,
-    /// Why the device or precision asked for is not the one in use, if it is not.
-    pub device_note: Option<String>,
+    /// Why the device or precision asked for is not the one in use (empty when it is).
+    pub device_notes: Vec<crate::device::DeviceNote>,
     /// The memory the planner worked out for the whole context (the same figure every time).
     pub planned_bytes: u64,
     pub context_length: usize,
@@ -113,20 +113,29 @@ pub enum FailureKind {
     Crashed,
 }
 
-/// Why a request or a load failed.
+/// Why a request or a load failed: the problem as data (a front end words it in its own
+/// language) and in English (`message`, for the command line and logs).
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub kind: FailureKind,
+    pub problem: Problem,
     pub message: String,
 }
 
 impl Failure {
     fn from_error(e: &Error) -> Self {
         let kind = match e {
-            Error::Request(_) | Error::Image { .. } | Error::Session { .. } => FailureKind::Invalid,
+            Error::Request(_) | Error::TooLong(_) | Error::Image { .. } | Error::Session { .. } | Error::Cancelled => {
+                FailureKind::Invalid
+            }
             _ => FailureKind::Model,
         };
-        Self { kind, message: e.to_string() }
+        Self { kind, problem: Problem::from(e), message: e.to_string() }
+    }
+
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self { kind, problem: Problem::Other(message.clone()), message }
     }
 }
 
@@ -406,7 +415,7 @@ impl Worker {
                     device: device_name(pipeline.device()).into(),
                     dtype: dtype_name(pipeline.dtype()).into(),
                     quant,
-                    device_note: place.note.clone(),
+                    device_notes: place.notes.clone(),
                     planned_bytes,
                     context_length: pipeline.context_length(),
                     query_tokens: pipeline.query_tokens(),
@@ -417,7 +426,11 @@ impl Worker {
             }
             Err(e) => {
                 let failure = match e {
-                    Error::Cancelled => Failure { kind: FailureKind::Invalid, message: "loading was cancelled".into() },
+                    Error::Cancelled => Failure {
+                        kind: FailureKind::Invalid,
+                        problem: Problem::Cancelled,
+                        message: "loading was cancelled".into(),
+                    },
                     other => Failure::from_error(&other),
                 };
                 self.emit(Event::LoadFailed(failure));
@@ -467,7 +480,7 @@ impl Worker {
     /// weights are untouched; the caches are cleared) and the engine keeps serving.
     fn guarded(&mut self, id: RequestId, run: impl FnOnce(&mut Self, &mut Pipeline) -> Result<Generation>) {
         let Some(mut loaded) = self.loaded.take() else {
-            let failure = Failure { kind: FailureKind::Invalid, message: "no model is loaded".into() };
+            let failure = Failure::new(FailureKind::Invalid, "no model is loaded");
             self.emit(Event::Failed { id, failure });
             return;
         };
@@ -478,7 +491,7 @@ impl Worker {
             Err(panic) => {
                 loaded.pipeline.reset_cache();
                 let message = format!("the model failed while answering: {}", panic_message(&*panic));
-                Event::Failed { id, failure: Failure { kind: FailureKind::Crashed, message } }
+                Event::Failed { id, failure: Failure::new(FailureKind::Crashed, message) }
             }
         };
         self.loaded = Some(loaded);

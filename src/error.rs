@@ -17,7 +17,10 @@ pub enum Error {
     Image { name: String, msg: String },
     #[error("session {}: {msg}", path.display())]
     Session { path: PathBuf, msg: String },
-    /// A request that cannot be served as asked (prompt too long, unknown device, ...).
+    /// A question that cannot fit in the model's context even alone.
+    #[error("{0}")]
+    TooLong(TooLong),
+    /// A request that cannot be served as asked (unknown device, bad settings, ...).
     #[error("{0}")]
     Request(String),
     #[error("cancelled")]
@@ -36,6 +39,83 @@ pub fn candle_message(e: &candle_core::Error) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a question cannot be answered at all: even alone it does not fit in the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    /// Positions the question alone needs (its prompt), the new tokens reserved, the context.
+    pub prompt: usize,
+    pub max_new: usize,
+    pub context: usize,
+}
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the question needs {} positions (prompt {} + up to {} new tokens) but the model's context is {}; \
+             shorten it, use fewer images or lower max_new_tokens",
+            self.prompt.saturating_add(self.max_new),
+            self.prompt,
+            self.max_new,
+            self.context
+        )
+    }
+}
+
+/// An error as data that outlives it (cloneable, comparable): what the engine reports and what
+/// a front end words in its own language. `detail` is the underlying cause as it came (from
+/// the file system, a decoder, candle), shown as is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    /// A file or folder cannot be read or written.
+    Io {
+        path: PathBuf,
+        detail: String,
+    },
+    /// A model folder's configuration is missing or wrong.
+    Config {
+        path: PathBuf,
+        detail: String,
+    },
+    /// Model weights are missing, damaged or do not match the configuration.
+    Checkpoint {
+        path: PathBuf,
+        detail: String,
+    },
+    Tokenizer {
+        path: PathBuf,
+        detail: String,
+    },
+    Image {
+        name: String,
+        detail: String,
+    },
+    Session {
+        path: PathBuf,
+        detail: String,
+    },
+    TooLong(TooLong),
+    Cancelled,
+    /// Anything else, worded by whoever raised it.
+    Other(String),
+}
+
+impl From<&Error> for Problem {
+    fn from(e: &Error) -> Self {
+        match e {
+            Error::Io { path, source } => Problem::Io { path: path.clone(), detail: source.to_string() },
+            Error::Config { path, msg } => Problem::Config { path: path.clone(), detail: msg.clone() },
+            Error::Checkpoint { path, msg } => Problem::Checkpoint { path: path.clone(), detail: msg.clone() },
+            Error::Tokenizer { path, msg } => Problem::Tokenizer { path: path.clone(), detail: msg.clone() },
+            Error::Image { name, msg } => Problem::Image { name: name.clone(), detail: msg.clone() },
+            Error::Session { path, msg } => Problem::Session { path: path.clone(), detail: msg.clone() },
+            Error::TooLong(t) => Problem::TooLong(*t),
+            Error::Cancelled => Problem::Cancelled,
+            Error::Request(_) | Error::Candle(_) => Problem::Other(e.to_string()),
+        }
+    }
+}
 
 impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Self {

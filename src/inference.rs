@@ -150,7 +150,7 @@ impl Pipeline {
         let q = self.query_tokens();
         let window =
             context_window(&self.template, &self.tokenizer, turns, q, self.context_length(), params.max_new_tokens)?
-                .map_err(|too_long| Error::Request(too_long.to_string()))?;
+                .map_err(Error::TooLong)?;
         let prompt = window.prompt;
         let items = prompt.items(q);
         // Image embeddings of turns that left the window are not needed any more.

@@ -35,6 +35,24 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Whether these settings give the same answer every time, whatever the seed: greedy
+    /// decoding, or a nucleus so small (top_p <= 0.15, or top_k = 1) that it nearly always holds
+    /// one token — the model card's own defaults (top_p 0.1) are such.
+    pub fn is_deterministic(&self) -> bool {
+        self.temperature == 0.0 || self.top_p <= 0.15 || self.top_k == 1
+    }
+
+    /// The same settings with room to vary (for a "more varied" regeneration): temperature at
+    /// least 0.9, top_p at least 0.9, no top-k cut to one.
+    pub fn varied(&self) -> Self {
+        Self {
+            temperature: self.temperature.max(0.9),
+            top_p: self.top_p.max(0.9),
+            top_k: if self.top_k == 1 { 0 } else { self.top_k },
+            ..self.clone()
+        }
+    }
+
     /// Rejects settings that have no meaning, naming the setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
@@ -88,6 +106,15 @@ impl Rng {
     fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+}
+
+/// A seed no earlier call returned (clock, process and a counter mixed), for answers that should
+/// differ from the last one (Regenerate).
+pub fn fresh_seed() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Rng::new(now.as_nanos() as u64 ^ (std::process::id() as u64) << 32 ^ n.rotate_left(17)).next_u64()
 }
 
 pub struct Sampler {

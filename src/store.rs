@@ -43,6 +43,9 @@ pub struct SessionStore {
 }
 
 const INDEX: &str = "index.json";
+const TRASH: &str = "trash";
+/// How long a deleted conversation stays in the trash.
+pub const TRASH_DAYS: u64 = 7;
 
 fn file_stamp(path: &Path) -> (u64, u64) {
     let meta = std::fs::metadata(path).ok();
@@ -64,6 +67,7 @@ impl SessionStore {
             .unwrap_or_default();
         let mut store = Self { dir: dir.to_path_buf(), index };
         store.remove_stale_temporaries();
+        store.empty_trash(std::time::Duration::from_secs(TRASH_DAYS * 86_400));
         store.refresh()?;
         Ok(store)
     }
@@ -174,6 +178,75 @@ impl SessionStore {
         self.write_index()
     }
 
+    /// Where deleted conversations wait (for Undo, and for some days) before they are gone.
+    fn trash_dir(&self) -> PathBuf {
+        self.dir.join(TRASH)
+    }
+
+    /// Moves a conversation and its images to the trash (see [`Self::restore`]).
+    pub fn trash(&mut self, id: &str) -> Result<()> {
+        let path = self.path(id);
+        let trash = self.trash_dir();
+        std::fs::create_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
+        let images = self.dir.join(images_dir_name(&path));
+        let (to_json, to_images) = (trash.join(format!("{id}.json")), trash.join(images_dir_name(&path)));
+        // An older trashed copy under the same id gives way.
+        let _ = std::fs::remove_file(&to_json);
+        let _ = std::fs::remove_dir_all(&to_images);
+        if images.exists() {
+            std::fs::rename(&images, &to_images).map_err(|e| Error::io(&images, e))?;
+        }
+        if path.exists() {
+            std::fs::rename(&path, &to_json).map_err(|e| Error::io(&path, e))?;
+            // The trash's age is the time of deletion, not of the last save.
+            if let Ok(f) = std::fs::File::options().append(true).open(&to_json) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+        }
+        self.forget(id)
+    }
+
+    /// Brings a trashed conversation back.
+    pub fn restore(&mut self, id: &str) -> Result<()> {
+        let path = self.path(id);
+        let trash = self.trash_dir();
+        let (from_json, from_images) = (trash.join(format!("{id}.json")), trash.join(images_dir_name(&path)));
+        if !from_json.is_file() {
+            return Err(Error::Session { path: from_json, msg: "is no longer in the trash".into() });
+        }
+        if from_images.exists() {
+            let images = self.dir.join(images_dir_name(&path));
+            std::fs::rename(&from_images, &images).map_err(|e| Error::io(&from_images, e))?;
+        }
+        std::fs::rename(&from_json, &path).map_err(|e| Error::io(&from_json, e))?;
+        self.index.sessions.insert(id.to_string(), summarize(&path));
+        self.write_index()
+    }
+
+    /// Removes conversations that have been in the trash longer than `age`.
+    pub fn empty_trash(&self, age: std::time::Duration) {
+        let Ok(entries) = std::fs::read_dir(self.trash_dir()) else { return };
+        let now = std::time::SystemTime::now();
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(id) = session_id(&path) else { continue };
+            let old =
+                e.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age);
+            if old {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir_all(self.trash_dir().join(images_dir_name(&self.path(&id))));
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &str) -> Result<()> {
+        self.index.sessions.remove(id);
+        if self.index.last_opened.as_deref() == Some(id) {
+            self.index.last_opened = None;
+        }
+        self.write_index()
+    }
+
     /// Deletes a conversation and its images.
     pub fn delete(&mut self, id: &str) -> Result<()> {
         let path = self.path(id);
@@ -184,11 +257,7 @@ impl SessionStore {
         if images.exists() {
             std::fs::remove_dir_all(&images).map_err(|e| Error::io(&images, e))?;
         }
-        self.index.sessions.remove(id);
-        if self.index.last_opened.as_deref() == Some(id) {
-            self.index.last_opened = None;
-        }
-        self.write_index()
+        self.forget(id)
     }
 
     pub fn last_opened(&self) -> Option<&str> {
@@ -269,6 +338,30 @@ mod tests {
         assert_eq!(again.load(&a).unwrap().title, "第一个");
         again.delete(&a).unwrap();
         assert_eq!(SessionStore::open(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn trashed_conversations_come_back_and_old_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SessionStore::open(dir.path()).unwrap();
+        let id = store.new_id();
+        let mut s = session("kept for undo");
+        s.push_turn(NewTurn {
+            images: vec![crate::chat::ImageData::new("x.png", b"not decoded here".to_vec())],
+            query: "with an image".into(),
+            ..Default::default()
+        });
+        store.save(&id, &s).unwrap();
+        store.trash(&id).unwrap();
+        assert!(store.is_empty() && !store.path(&id).exists());
+        assert!(SessionStore::open(dir.path()).unwrap().is_empty(), "the trash is not listed");
+        store.restore(&id).unwrap();
+        assert_eq!(store.load(&id).unwrap().turns.len(), 2);
+        assert!(store.load(&id).unwrap().image_problems().is_empty(), "its images came back too");
+        // Trashed again and aged past the limit: gone at the next start.
+        store.trash(&id).unwrap();
+        store.empty_trash(std::time::Duration::ZERO);
+        assert!(store.restore(&id).is_err());
     }
 
     #[test]

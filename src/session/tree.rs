@@ -261,12 +261,9 @@ impl Session {
                 let img = self.images.get(h).ok_or_else(|| {
                     Error::Request(format!("the session refers to image {h}, which it does not list"))
                 })?;
-                img.data().ok_or_else(|| {
-                    Error::Request(format!(
-                        "image {} of this session is unavailable: {}",
-                        img.name,
-                        img.problem.as_deref().unwrap_or("missing")
-                    ))
+                img.data().ok_or_else(|| Error::Image {
+                    name: img.name.clone(),
+                    msg: format!("unavailable in this session: {}", img.problem.as_deref().unwrap_or("missing")),
                 })
             })
             .collect()
@@ -274,12 +271,14 @@ impl Session {
 
     /// The images that cannot be used, with the reason.
     pub fn image_problems(&self) -> Vec<String> {
-        self.images
-            .values()
-            .filter_map(|i| {
-                i.problem.as_ref().map(|p| format!("image {} ({}): {p}", i.name, &i.hash[..12.min(i.hash.len())]))
-            })
+        self.unavailable_images()
+            .map(|(i, p)| format!("image {} ({}): {p}", i.name, &i.hash[..12.min(i.hash.len())]))
             .collect()
+    }
+
+    /// The images whose bytes are missing or damaged, with why.
+    pub fn unavailable_images(&self) -> impl Iterator<Item = (&SessionImage, &str)> {
+        self.images.values().filter_map(|i| i.problem.as_deref().map(|p| (i, p)))
     }
 
     /// The active conversation as the model pipeline takes it, followed by a new question.

@@ -11,6 +11,7 @@ use egui::ColorImage;
 
 use crate::chat::ImageData;
 use crate::preprocess::decode_rgb;
+use crate::ui::messages::Refusal;
 
 /// Longest side of a thumbnail, in pixels.
 pub const THUMB_SIZE: u32 = 256;
@@ -26,14 +27,8 @@ pub enum ImageJob {
 
 pub enum ImageResult {
     Attached { key: u64, image: ImageData, thumb: ColorImage },
-    Refused { key: u64, message: String },
+    Refused { key: u64, name: String, refusal: Refusal },
     Thumbnail { hash: String, thumb: Result<ColorImage, String> },
-}
-
-/// Why a file could not be attached.
-pub enum Refusal {
-    Unreadable(String),
-    NotAnImage(String),
 }
 
 pub struct ImageWorker {
@@ -43,7 +38,7 @@ pub struct ImageWorker {
 }
 
 impl ImageWorker {
-    pub fn spawn(threads: usize, waker: Arc<dyn Fn() + Send + Sync>, tr: &'static crate::ui::i18n::Tr) -> Self {
+    pub fn spawn(threads: usize, waker: Arc<dyn Fn() + Send + Sync>) -> Self {
         let (tx, job_rx) = crossbeam_channel::unbounded::<ImageJob>();
         let (res_tx, rx) = crossbeam_channel::unbounded();
         let threads = (0..threads.max(1))
@@ -55,7 +50,7 @@ impl ImageWorker {
                     .name(format!("ziya-images-{i}"))
                     .spawn(move || {
                         for job in job_rx {
-                            let _ = res_tx.send(process(job, tr));
+                            let _ = res_tx.send(process(job));
                             waker();
                         }
                     })
@@ -85,27 +80,21 @@ impl Drop for ImageWorker {
     }
 }
 
-fn process(job: ImageJob, tr: &crate::ui::i18n::Tr) -> ImageResult {
-    use crate::ui::i18n::fill;
+fn process(job: ImageJob) -> ImageResult {
     match job {
         ImageJob::File { key, path } => {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             match read_image(&path) {
                 Ok((image, thumb)) => ImageResult::Attached { key, image, thumb },
-                Err(Refusal::Unreadable(e)) => {
-                    ImageResult::Refused { key, message: fill(tr.cannot_read, &[&name, &e]) }
-                }
-                Err(Refusal::NotAnImage(e)) => {
-                    ImageResult::Refused { key, message: fill(tr.not_an_image, &[&name, &e]) }
-                }
+                Err(refusal) => ImageResult::Refused { key, name, refusal },
             }
         }
-        ImageJob::Pasted { key, name, image } => match encode_png(&image) {
-            Ok(bytes) => match thumbnail(&bytes, &name) {
-                Ok(thumb) => ImageResult::Attached { key, image: ImageData::new(name, bytes), thumb },
-                Err(e) => ImageResult::Refused { key, message: fill(tr.not_an_image, &[&name, &e]) },
-            },
-            Err(e) => ImageResult::Refused { key, message: fill(tr.not_an_image, &[&name, &e]) },
+        ImageJob::Pasted { key, name, image } => match encode_png(&image).and_then(|bytes| {
+            let thumb = thumbnail(&bytes, &name)?;
+            Ok((bytes, thumb))
+        }) {
+            Ok((bytes, thumb)) => ImageResult::Attached { key, image: ImageData::new(name, bytes), thumb },
+            Err(e) => ImageResult::Refused { key, name, refusal: Refusal::NotAnImage(e) },
         },
         ImageJob::Thumbnail { hash, name, bytes } => ImageResult::Thumbnail { hash, thumb: thumbnail(&bytes, &name) },
     }

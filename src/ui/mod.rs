@@ -6,6 +6,7 @@ pub mod app;
 pub mod fonts;
 pub mod i18n;
 pub mod images;
+pub mod messages;
 pub mod state;
 mod views;
 

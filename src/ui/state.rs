@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::ImageData;
 use crate::device::{DeviceKind, Precision};
 use crate::engine::{Measurement, ModelSummary, RequestId};
+use crate::error::Problem;
 use crate::model::choice::ModelChoice;
 use crate::model::layers::Quant;
 use crate::model::plan::Plan;
@@ -18,6 +19,7 @@ use crate::sampling::SamplingParams;
 use crate::session::{Session, TurnId};
 use crate::store::SessionEntry;
 use crate::ui::i18n::{Lang, Tr};
+use crate::ui::messages::Message;
 
 /// Remembered across restarts (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +46,7 @@ pub struct ModelState {
     /// A load under way: bytes read so far and in all.
     pub loading: Option<(u64, u64)>,
     /// Why the last load did not happen (the loaded model, if any, is still there).
-    pub load_error: Option<String>,
+    pub load_error: Option<Problem>,
 }
 
 /// An answer being generated.
@@ -92,8 +94,30 @@ pub enum NoticeKind {
 #[derive(Debug, Clone)]
 pub struct Notice {
     pub kind: NoticeKind,
-    pub text: String,
+    pub message: Message,
     pub at: Instant,
+    /// Set when the notice offers Undo (the key of `AppState::undo`).
+    pub undo: Option<u64>,
+}
+
+impl Notice {
+    /// How long a notice stays: errors long enough to read, the rest briefly.
+    pub fn lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(match (self.kind, self.undo) {
+            (_, Some(_)) => 10,
+            (NoticeKind::Error, _) => 15,
+            (NoticeKind::Info, _) => 5,
+        })
+    }
+}
+
+/// What Undo brings back.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    /// A turn deleted from the conversation shown: the conversation as it was.
+    Turn { session_id: Option<String>, before: Box<Session> },
+    /// A conversation moved to the trash.
+    Conversation { id: String },
 }
 
 /// Why a question cannot be sent now.
@@ -141,7 +165,10 @@ pub enum Intent {
     Send,
     Stop,
     SetComposerText(String),
+    /// A new answer to this turn's question, with a fresh seed.
     Regenerate(TurnId),
+    /// The same, with settings that let the answer vary (for this regeneration only).
+    RegenerateVaried(TurnId),
     StartEdit(TurnId),
     SetEditText(String),
     /// Drops the image at this index from the question being edited.
@@ -185,6 +212,8 @@ pub enum Intent {
     Copy(String),
     SetLang(Lang),
     DismissNotice(usize),
+    /// Brings back what the notice with this undo key removed.
+    Undo(u64),
     ToggleSidePanel,
     Quit,
 }
@@ -214,6 +243,8 @@ pub struct AppState {
     /// engine lays it out when either changes; `measure_key` names the latest request).
     pub measure: Option<Measurement>,
     pub measure_key: u64,
+    /// The last deletion, while its notice offers Undo.
+    pub undo: Option<(u64, Undo)>,
 }
 
 impl AppState {
@@ -236,6 +267,7 @@ impl AppState {
             plans: None,
             measure: None,
             measure_key: 0,
+            undo: None,
         }
     }
 
@@ -243,11 +275,36 @@ impl AppState {
         self.lang.tr()
     }
 
-    pub fn notify(&mut self, kind: NoticeKind, text: impl Into<String>) {
-        self.notices.push(Notice { kind, text: text.into(), at: Instant::now() });
-        if self.notices.len() > 6 {
+    pub fn notify(&mut self, kind: NoticeKind, message: Message) {
+        self.push_notice(Notice { kind, message, at: Instant::now(), undo: None });
+    }
+
+    /// A notice offering Undo for `undo` (replacing any earlier offer).
+    pub fn offer_undo(&mut self, message: Message, undo: Undo) {
+        let key = self.new_key();
+        self.notices.retain(|n| n.undo.is_none());
+        self.undo = Some((key, undo));
+        self.push_notice(Notice { kind: NoticeKind::Info, message, at: Instant::now(), undo: Some(key) });
+    }
+
+    fn push_notice(&mut self, notice: Notice) {
+        // The same message again only refreshes the one shown.
+        self.notices.retain(|n| n.message != notice.message);
+        self.notices.push(notice);
+        if self.notices.len() > 5 {
             self.notices.remove(0);
         }
+    }
+
+    /// Drops notices that have been shown long enough; returns when the next one expires.
+    pub fn expire_notices(&mut self, now: Instant) -> Option<std::time::Duration> {
+        self.notices.retain(|n| now.duration_since(n.at) < n.lifetime());
+        if let Some((key, _)) = &self.undo {
+            if !self.notices.iter().any(|n| n.undo == Some(*key)) {
+                self.undo = None;
+            }
+        }
+        self.notices.iter().map(|n| n.lifetime().saturating_sub(now.duration_since(n.at))).min()
     }
 
     pub fn is_loading(&self) -> bool {

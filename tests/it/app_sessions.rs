@@ -127,6 +127,96 @@ fn a_session_whose_image_is_gone_opens_and_names_it() {
     h.step();
     let app = h.state();
     assert_eq!(app.state.session.active_path().len(), 1, "the conversation opened");
-    assert!(app.state.notices.iter().any(|n| n.text.contains("photo_odd.png")), "the missing image is named");
+    let tr = app.state.tr();
+    assert!(
+        app.state.notices.iter().any(|n| n.message.text(tr).contains("photo_odd.png")),
+        "the missing image is named"
+    );
     h.get_by_label_contains("Image photo_odd.png is missing");
+}
+
+#[test]
+fn regenerate_draws_a_new_seed_and_more_varied_lets_the_answer_change() {
+    let data = tempfile::tempdir().unwrap();
+    // The model card's defaults: top_p 0.1 makes answers (nearly) the same whatever the seed.
+    let card = SamplingParams { max_new_tokens: 12, ignore_eos: true, ..Default::default() };
+    assert!(card.is_deterministic());
+    let mut h = app(data.path(), card);
+    ask_in_app(&mut h, &[], "tell me something");
+    let first = h.state().state.session.active_path()[0].clone();
+
+    h.get_by_label("Regenerate").click();
+    h.step();
+    step_until(&mut h, "the second version", |a| a.state.pending.is_none() && a.state.session.turns.len() == 2);
+    let second = h.state().state.session.active_path()[0].clone();
+    let seed = second.settings.as_ref().and_then(|s| s.seed).expect("a regeneration records its seed");
+    assert_ne!(Some(seed), first.settings.as_ref().and_then(|s| s.seed), "a new seed");
+
+    // "More varied" regenerates this once with temperature and top_p of at least 0.9.
+    h.get_by_label("More varied").click();
+    h.step();
+    step_until(&mut h, "the varied version", |a| a.state.pending.is_none() && a.state.session.turns.len() == 3);
+    let third = h.state().state.session.active_path()[0].clone();
+    let s = third.settings.clone().unwrap();
+    assert!(s.temperature >= 0.9 && s.top_p >= 0.9, "{s:?}");
+    assert_ne!(third.token_ids, first.token_ids, "a varied answer differs");
+    assert_eq!(h.state().state.prefs.sampling.top_p, 0.1, "only for that regeneration");
+    h.get_by_label("3/3");
+}
+
+#[test]
+fn a_new_version_is_shown_in_place_while_it_is_generated() {
+    let data = tempfile::tempdir().unwrap();
+    let mut h = app(data.path(), greedy(4));
+    ask_in_app(&mut h, &[], "the first question");
+    ask_in_app(&mut h, &[], "a later question");
+    // (The first question is also the conversation's title in the sidebar.)
+    let shown = h.query_all_by_label("the first question").count();
+    // Regenerating the first turn with a long answer: while it runs, the old branch's later turn
+    // is hidden and the new version sits where the old one was, numbered.
+    let long = SamplingParams { temperature: 0.0, max_new_tokens: 400, ignore_eos: true, ..Default::default() };
+    h.state_mut().apply(Intent::SetSampling(long));
+    h.get_all_by_label("Regenerate").next().unwrap().click();
+    h.step();
+    step_until(&mut h, "the new version to stream", |a| a.state.pending.as_ref().is_some_and(|p| !p.answer.is_empty()));
+    assert!(h.query_by_label("a later question").is_none(), "the old branch's later turn is hidden");
+    h.get_by_label("‹ 2/2 ›");
+    assert_eq!(h.query_all_by_label("the first question").count(), shown, "no duplicate of the question");
+    h.get_by_label("■ Stop").click();
+    step_until(&mut h, "the stop", |a| a.state.pending.is_none());
+    h.step();
+    h.get_by_label("2/2");
+}
+
+#[test]
+fn deleting_a_turn_or_a_conversation_can_be_undone() {
+    let data = tempfile::tempdir().unwrap();
+    let mut h = app(data.path(), greedy(4));
+    ask_in_app(&mut h, &[], "keep me");
+    ask_in_app(&mut h, &[], "delete me");
+    h.get_all_by_label("Delete").nth(1).unwrap().click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().state.session.active_path().len(), 1);
+    h.step(); // a new notice area is laid out, then shown
+    h.get_by_label("Turn deleted");
+    h.get_by_label("Undo").click();
+    h.step();
+    h.step();
+    let path: Vec<String> = h.state().state.session.active_path().iter().map(|t| t.query.clone()).collect();
+    assert_eq!(path, ["keep me", "delete me"], "the turn is back");
+
+    // A whole conversation goes to the trash, and comes back.
+    let id = h.state().state.session_id.clone().unwrap();
+    let file = data.path().join("sessions").join(format!("{id}.json"));
+    h.state_mut().apply(Intent::DeleteSession(id.clone()));
+    h.step();
+    assert!(!file.exists() && h.state().state.sessions.is_empty());
+    assert!(data.path().join("sessions/trash").join(format!("{id}.json")).is_file(), "kept in the trash");
+    h.step();
+    h.get_by_label("Undo").click();
+    h.step();
+    h.step();
+    assert!(file.is_file());
+    assert_eq!(h.state().state.sessions.len(), 1);
 }

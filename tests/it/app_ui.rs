@@ -11,7 +11,7 @@ use ziya_visual::generation::StopReason;
 use ziya_visual::model::choice::LlmSource;
 use ziya_visual::sampling::SamplingParams;
 use ziya_visual::ui::i18n::Lang;
-use ziya_visual::ui::state::NoticeKind;
+use ziya_visual::ui::state::{Intent, NoticeKind};
 use ziya_visual::ui::{AppOptions, ZiyaApp};
 
 use crate::common::app::*;
@@ -103,7 +103,8 @@ fn a_dropped_text_file_is_refused_by_name() {
     assert!(app.state.composer.attachments.is_empty());
     let n = &app.state.notices[0];
     assert_eq!(n.kind, NoticeKind::Error);
-    assert!(n.text.contains("corpus.txt") && n.text.contains("not a usable image"), "{}", n.text);
+    let text = n.message.text(app.state.tr());
+    assert!(text.contains("corpus.txt") && text.contains("not a usable image"), "{text}");
     h.get_by_label_contains("corpus.txt");
 }
 
@@ -195,4 +196,45 @@ fn folders_and_settings_survive_a_restart() {
     assert_eq!(restored.model.quant, Some(ziya_visual::model::layers::Quant::Q8_0));
     // And the window speaks the remembered language.
     h.get_by_label("▶ 发送");
+}
+
+#[test]
+fn a_failed_load_keeps_the_working_model() {
+    let data = tempfile::tempdir().unwrap();
+    let mut h = harness(options(data.path(), greedy(4), true));
+    wait_ready(&mut h);
+    let loaded = h.state().state.model.loaded.clone().unwrap();
+    // A folder that does not exist: refused by name, the tiny model stays.
+    h.state_mut().apply(Intent::SetVisionPath("/nonexistent/vision".into()));
+    h.state_mut().apply(Intent::LoadModel);
+    step_until(&mut h, "the refusal", |a| a.state.model.load_error.is_some());
+    assert_eq!(h.state().state.model.loaded.as_deref(), Some(&*loaded), "the working model is still loaded");
+    h.get_by_label_contains("/nonexistent/vision/config.json is not usable");
+    type_and_enter(&mut h, "still there?");
+    step_until(&mut h, "the answer", |a| a.state.pending.is_none() && !a.state.session.turns.is_empty());
+    assert_eq!(h.state().state.session.active_path()[0].token_ids.len(), 4);
+}
+
+#[test]
+fn errors_are_worded_in_the_interface_language_and_follow_a_switch() {
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = options(data.path(), greedy(4), false);
+    opts.lang = Some(Lang::Zh);
+    let mut h = harness(opts);
+    h.step();
+    drop_files(&mut h, &[fixtures().join("corpus.txt")]);
+    step_until(&mut h, "the refusal", |a| !a.state.notices.is_empty());
+    h.get_by_label_contains("不是可用的图片");
+    // A load error: the sentence is Chinese, the file named.
+    h.state_mut().apply(Intent::SetVisionPath(data.path().join("no-such-folder")));
+    h.state_mut().apply(Intent::SetLlmPath(llm_dir()));
+    h.state_mut().apply(Intent::LoadModel);
+    step_until(&mut h, "the load error", |a| a.state.model.load_error.is_some());
+    h.step();
+    h.get_by_label_contains("模型配置");
+    // Switching the language re-words what is shown.
+    h.state_mut().apply(Intent::SetLang(Lang::En));
+    h.step();
+    h.get_by_label_contains("is not a usable image");
+    h.get_by_label_contains("The model configuration");
 }

@@ -7,9 +7,9 @@ use crate::chat::ImageData;
 use crate::engine::Command;
 use crate::model::choice::{LlmSource, ModelChoice};
 use crate::session::{ImageStorage, Session, TurnId};
-use crate::ui::i18n::fill;
 use crate::ui::images::ImageJob;
-use crate::ui::state::{Attachment, Editing, Intent, NoticeKind, Pending};
+use crate::ui::messages::Message;
+use crate::ui::state::{Attachment, Editing, Intent, NoticeKind, Pending, Undo};
 
 impl ZiyaApp {
     /// Acts on one intent.
@@ -38,14 +38,20 @@ impl ZiyaApp {
                 }
             }
             Intent::SetComposerText(text) => self.state.composer.text = text,
-            Intent::Regenerate(turn) => {
+            Intent::Regenerate(turn) | Intent::RegenerateVaried(turn) => {
                 if self.state.is_busy() || !self.state.is_ready() {
                     return;
                 }
                 let Some(t) = self.state.session.turn(turn).cloned() else { return };
+                // A new answer needs a new seed (a fixed one would repeat the last answer).
+                let mut settings = self.state.prefs.sampling.clone();
+                if matches!(intent, Intent::RegenerateVaried(_)) {
+                    settings = settings.varied();
+                }
+                settings.seed = Some(crate::sampling::fresh_seed());
                 match self.state.session.turn_images(&t) {
-                    Ok(images) => self.start_generation(t.parent, t.query, images),
-                    Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+                    Ok(images) => self.start_generation_with(t.parent, t.query, images, settings),
+                    Err(e) => self.state.notify(NoticeKind::Error, Message::CannotContinue((&e).into())),
                 }
             }
             Intent::StartEdit(turn) => {
@@ -66,7 +72,7 @@ impl ZiyaApp {
             Intent::CancelEdit => self.state.editing = None,
             Intent::SubmitEdit => {
                 if self.state.is_busy() || !self.state.is_ready() {
-                    self.state.notify(NoticeKind::Error, tr.why_no_model);
+                    self.state.notify(NoticeKind::Error, Message::Plain(tr.why_no_model));
                     return;
                 }
                 let Some(edit) = self.state.editing.take() else { return };
@@ -75,13 +81,16 @@ impl ZiyaApp {
                 kept.images = edit.images;
                 match self.state.session.turn_images(&kept) {
                     Ok(images) => self.start_generation(t.parent, edit.text.trim_end().to_string(), images),
-                    Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+                    Err(e) => self.state.notify(NoticeKind::Error, Message::CannotContinue((&e).into())),
                 }
             }
             Intent::DeleteTurn(turn) => {
-                if !self.state.is_busy() {
+                if !self.state.is_busy() && self.state.session.turn(turn).is_some() {
+                    let before = Box::new(self.state.session.clone());
                     self.state.session.delete_turn(turn);
                     self.autosave();
+                    let session_id = self.state.session_id.clone();
+                    self.state.offer_undo(Message::TurnDeleted, Undo::Turn { session_id, before });
                 }
             }
             Intent::SwitchVersion(turn) => {
@@ -174,7 +183,7 @@ impl ZiyaApp {
                     model.quant = None;
                     self.apply(Intent::LoadModel);
                 }
-                Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+                Err(e) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
             },
             Intent::CancelLoad => self.engine.cancel_load(),
             Intent::UnloadModel => {
@@ -194,7 +203,7 @@ impl ZiyaApp {
                 let loaded = self.store.as_mut().map(|s| s.load(&id));
                 match loaded {
                     Some(Ok(session)) => self.switch_session(session, Some(id)),
-                    Some(Err(e)) => self.state.notify(NoticeKind::Error, e.to_string()),
+                    Some(Err(e)) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
                     None => {}
                 }
                 self.refresh_sessions();
@@ -206,10 +215,34 @@ impl ZiyaApp {
                     }
                     self.switch_session(Session::new(), None);
                 }
-                if let Some(Err(e)) = self.store.as_mut().map(|s| s.delete(&id)) {
-                    self.state.notify(NoticeKind::Error, e.to_string());
+                let title = self.state.sessions.iter().find(|(i, _)| *i == id).map(|(_, e)| e.title.clone());
+                match self.store.as_mut().map(|s| s.trash(&id)) {
+                    Some(Ok(())) => self
+                        .state
+                        .offer_undo(Message::ConversationDeleted(title.unwrap_or_default()), Undo::Conversation { id }),
+                    Some(Err(e)) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
+                    None => {}
                 }
                 self.refresh_sessions();
+            }
+            Intent::Undo(key) => {
+                let Some(undo) = self.state.undo.take_if(|(k, _)| *k == key).map(|(_, u)| u) else { return };
+                self.state.notices.retain(|n| n.undo != Some(key));
+                match undo {
+                    Undo::Turn { session_id, before } => {
+                        // Only while that conversation is still the one shown and idle.
+                        if self.state.session_id == session_id && !self.state.is_busy() {
+                            self.state.session = *before;
+                            self.autosave();
+                        }
+                    }
+                    Undo::Conversation { id } => {
+                        if let Some(Err(e)) = self.store.as_mut().map(|s| s.restore(&id)) {
+                            self.state.notify(NoticeKind::Error, Message::Problem((&e).into()));
+                        }
+                        self.refresh_sessions();
+                    }
+                }
             }
             Intent::StartRename(id) => {
                 let title = self
@@ -241,7 +274,7 @@ impl ZiyaApp {
                         store.save(&id, &s)
                     });
                     if let Err(e) = result {
-                        self.state.notify(NoticeKind::Error, e.to_string());
+                        self.state.notify(NoticeKind::Error, Message::Problem((&e).into()));
                     }
                     self.refresh_sessions();
                 }
@@ -258,7 +291,7 @@ impl ZiyaApp {
                         self.switch_session(session, None);
                         self.autosave();
                     }
-                    Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+                    Err(e) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
                 }
             }
             Intent::PickSessionFile => self
@@ -316,15 +349,25 @@ impl ZiyaApp {
     }
 
     fn start_generation(&mut self, parent: Option<TurnId>, query: String, images: Vec<ImageData>) {
+        let settings = self.state.prefs.sampling.clone();
+        self.start_generation_with(parent, query, images, settings);
+    }
+
+    fn start_generation_with(
+        &mut self,
+        parent: Option<TurnId>,
+        query: String,
+        images: Vec<ImageData>,
+        settings: crate::sampling::SamplingParams,
+    ) {
         let turns = match self.state.session.chat_turns_after(parent, &query, &images) {
             Ok(t) => t,
             Err(e) => {
-                self.state.notify(NoticeKind::Error, e.to_string());
+                self.state.notify(NoticeKind::Error, Message::Problem((&e).into()));
                 return;
             }
         };
         let id = self.state.new_request_id();
-        let settings = self.state.prefs.sampling.clone();
         self.engine.send(Command::Generate { id, turns, params: settings.clone() });
         self.state.pending = Some(Pending { id, parent, images, query, answer: String::new(), settings });
     }
@@ -334,8 +377,14 @@ impl ZiyaApp {
         self.state.session_id = id;
         self.state.editing = None;
         self.media.thumbs.clear();
-        for p in self.state.session.image_problems() {
-            self.state.notify(NoticeKind::Error, p);
+        let unavailable: Vec<Message> = self
+            .state
+            .session
+            .unavailable_images()
+            .map(|(i, p)| Message::ImageUnavailable { name: i.name.clone(), detail: p.to_string() })
+            .collect();
+        for m in unavailable {
+            self.state.notify(NoticeKind::Error, m);
         }
         if let Some(store) = self.store.as_mut() {
             let _ = store.set_last_opened(self.state.session_id.as_deref());
@@ -343,23 +392,21 @@ impl ZiyaApp {
     }
 
     pub(super) fn save_as(&mut self, path: &Path) {
-        let tr = self.state.tr();
         match self.state.session.save(path, ImageStorage::Beside) {
-            Ok(()) => self.state.notify(NoticeKind::Info, fill(tr.saved_to, &[&path.display()])),
-            Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+            Ok(()) => self.state.notify(NoticeKind::Info, Message::Saved(path.to_path_buf())),
+            Err(e) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
         }
     }
 
     pub(super) fn export(&mut self, path: &Path, html: bool) {
-        let tr = self.state.tr();
         let result = if html {
             crate::export::write_html(&self.state.session, path)
         } else {
             crate::export::write_markdown(&self.state.session, path)
         };
         match result {
-            Ok(written) => self.state.notify(NoticeKind::Info, fill(tr.saved_to, &[&written.display()])),
-            Err(e) => self.state.notify(NoticeKind::Error, e.to_string()),
+            Ok(written) => self.state.notify(NoticeKind::Info, Message::Saved(written)),
+            Err(e) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
         }
     }
 }

@@ -9,8 +9,8 @@ use super::{Picked, Thumb, ZiyaApp};
 use crate::engine::Event;
 use crate::generation::Generation;
 use crate::session::{ModelInfo, NewTurn, TurnStats};
-use crate::ui::i18n::fill;
 use crate::ui::images::{ImageJob, ImageResult};
+use crate::ui::messages::Message;
 use crate::ui::state::{Attachment, Intent, NoticeKind, Pending};
 
 impl ZiyaApp {
@@ -58,7 +58,7 @@ impl ZiyaApp {
             }
             Event::LoadFailed(failure) => {
                 state.model.loading = None;
-                state.model.load_error = Some(failure.message);
+                state.model.load_error = Some(failure.problem);
             }
             Event::Unloaded => state.model.loaded = None,
             Event::Token { id, text } => {
@@ -79,7 +79,7 @@ impl ZiyaApp {
             }
             Event::Failed { id, failure } => {
                 if let Some(p) = state.pending.take_if(|p| p.id == id) {
-                    state.notify(NoticeKind::Error, fill(state.tr().answer_failed, &[&failure.message]));
+                    state.notify(NoticeKind::Error, Message::AnswerFailed(failure.problem));
                     // Give the question back so nothing typed is lost.
                     if state.composer.text.is_empty() && state.composer.attachments.is_empty() {
                         state.composer.text = p.query;
@@ -131,10 +131,10 @@ impl ZiyaApp {
                     }
                 }
             }
-            ImageResult::Refused { key, message } => {
+            ImageResult::Refused { key, name, refusal } => {
                 self.waiting.remove(&key);
                 self.state.composer.attachments.retain(|a| a.key != key);
-                self.state.notify(NoticeKind::Error, message);
+                self.state.notify(NoticeKind::Error, Message::ImageRefused { name, refusal });
             }
             ImageResult::Thumbnail { hash, thumb } => {
                 let t = match thumb {
@@ -248,7 +248,7 @@ impl ZiyaApp {
         let result = store.save(&id, &self.state.session).and_then(|_| store.set_last_opened(Some(&id)));
         if let Err(e) = result {
             // The conversation stays in memory; the next save tries again.
-            self.state.notify(NoticeKind::Error, format!("{e}"));
+            self.state.notify(NoticeKind::Error, Message::Problem((&e).into()));
         }
         self.refresh_sessions();
     }

@@ -24,6 +24,7 @@ use crate::sampling::SamplingParams;
 use crate::store::SessionStore;
 use crate::ui::i18n::Lang;
 use crate::ui::images::ImageWorker;
+use crate::ui::messages::Message;
 use crate::ui::state::{AppState, Intent, NoticeKind, Prefs};
 use crate::ui::views;
 
@@ -159,8 +160,7 @@ impl ZiyaApp {
         let waker_ctx = ctx.clone();
         let engine = Engine::spawn(Box::new(move || waker_ctx.request_repaint()));
         let waker_ctx = ctx.clone();
-        let tr = prefs.lang.unwrap_or_else(Lang::from_system).tr();
-        let images = ImageWorker::spawn(2, Arc::new(move || waker_ctx.request_repaint()), tr);
+        let images = ImageWorker::spawn(2, Arc::new(move || waker_ctx.request_repaint()));
         let waker_ctx = ctx.clone();
         let planner = plans::Planner::spawn(Arc::new(move || waker_ctx.request_repaint()));
         let (picked_tx, picked_rx) = crossbeam_channel::unbounded();
@@ -183,7 +183,7 @@ impl ZiyaApp {
         };
         match SessionStore::open(&data_dir.join("sessions")) {
             Ok(store) => app.store = Some(store),
-            Err(e) => app.state.notify(NoticeKind::Error, format!("{e} — conversations will not be saved")),
+            Err(e) => app.state.notify(NoticeKind::Error, Message::StoreUnavailable((&e).into())),
         }
         app.refresh_sessions();
         if let Some(path) = &options.session {
@@ -248,6 +248,9 @@ impl eframe::App for ZiyaApp {
         self.request_thumbnails();
         self.request_plans();
         self.request_measure();
+        if let Some(next) = self.state.expire_notices(Instant::now()) {
+            ctx.request_repaint_after(next);
+        }
         if self.state.is_loading() || self.state.is_busy() {
             // Keep drawing (the progress bar, the elapsed time) even between engine events.
             ctx.request_repaint_after(Duration::from_millis(100));

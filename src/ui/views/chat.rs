@@ -89,7 +89,16 @@ pub(super) fn chat(
             });
         }
         let view_start = state.session.view_start();
-        for (i, turn) in path.iter().enumerate() {
+        // A new version of a turn (an edit or a regeneration) is drawn in place of the old one
+        // from its first token: the turns after its parent on the old branch are hidden.
+        let shown = match &state.pending {
+            Some(p) => match p.parent {
+                Some(parent) => path.iter().position(|t| t.id == parent).map_or(path.len(), |i| i + 1),
+                None => 0,
+            },
+            None => path.len(),
+        };
+        for (i, turn) in path[..shown].iter().enumerate() {
             if i == view_start && i > 0 {
                 hidden_turns_divider(ui, tr.earlier_turns_hidden);
             }
@@ -121,8 +130,18 @@ pub(super) fn chat(
                     if ui.button(tr.copy).clicked() {
                         intents.push(Intent::Copy(turn.answer.clone()));
                     }
-                    if ui.add_enabled(!busy && ready, egui::Button::new(tr.regenerate)).clicked() {
+                    let regenerate = ui.add_enabled(!busy && ready, egui::Button::new(tr.regenerate));
+                    let same = state.prefs.sampling.is_deterministic();
+                    if regenerate.on_hover_text(if same { tr.regenerate_same } else { "" }).clicked() {
                         intents.push(Intent::Regenerate(turn.id));
+                    }
+                    if same
+                        && ui
+                            .add_enabled(!busy && ready, egui::Button::new(tr.more_varied).small())
+                            .on_hover_text(tr.more_varied_hint)
+                            .clicked()
+                    {
+                        intents.push(Intent::RegenerateVaried(turn.id));
                     }
                     version_switcher(ui, state, turn, intents);
                     if let Some(stats) = &turn.stats {
@@ -136,9 +155,14 @@ pub(super) fn chat(
         // The answer being generated.
         if let Some(p) = &state.pending {
             let hashes: Vec<String> = p.images.iter().map(|i| i.hash.clone()).collect();
+            let versions = state.session.children(p.parent).len();
             bubble(ui, true, |ui| {
                 draw_thumbnails(ui, state, thumbs, &hashes, THUMB_IN_CHAT);
                 ui.label(displayable(&p.query));
+                if versions > 0 {
+                    // The new version, as the switcher will show it once it is done.
+                    ui.label(RichText::new(format!("‹ {0}/{0} ›", versions + 1)).small().weak());
+                }
             });
             ui.add_space(4.0);
             bubble(ui, false, |ui| {

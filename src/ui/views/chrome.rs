@@ -51,7 +51,8 @@ pub(super) fn status_bar(ui: &mut Ui, state: &AppState) {
                 m.choice.llm.main_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             ui.label(format!("{name} · {} · {}", m.device, m.precision_label()));
             ui.label(format!("· {} {}", tr.memory, human_bytes(m.planned_bytes)));
-            if let Some(note) = &m.device_note {
+            for note in &m.device_notes {
+                let note = crate::ui::messages::device_note(note, tr);
                 ui.label(RichText::new(format!("· {note}")).color(Color32::from_rgb(230, 140, 20)));
             }
         } else {
@@ -64,13 +65,15 @@ pub(super) fn status_bar(ui: &mut Ui, state: &AppState) {
     });
 }
 
+/// Notices, in the lower right above the composer (not over the bar's buttons); they go by
+/// themselves after a while (`Notice::lifetime`), Undo offers with them.
 pub(super) fn notices(ctx: &egui::Context, state: &AppState, intents: &mut Vec<Intent>) {
     if state.notices.is_empty() {
         return;
     }
     let tr = state.tr();
     egui::Area::new(egui::Id::unique("notices"))
-        .anchor(egui::Align2::CENTER_TOP, Vec2::new(0.0, 48.0))
+        .anchor(egui::Align2::RIGHT_BOTTOM, Vec2::new(-16.0, -150.0))
         .order(egui::Order::Foreground)
         .show(ctx, |ui| {
             for (i, n) in state.notices.iter().enumerate() {
@@ -79,10 +82,15 @@ pub(super) fn notices(ctx: &egui::Context, state: &AppState, intents: &mut Vec<I
                     NoticeKind::Info => (Color32::from_rgb(25, 60, 35), Color32::from_rgb(225, 255, 230)),
                 };
                 egui::Frame::new().fill(bg).corner_radius(6.0).inner_margin(8.0).show(ui, |ui| {
-                    ui.set_max_width(560.0);
-                    ui.horizontal(|ui| {
-                        ui.label(RichText::new(&n.text).color(fg));
-                        if ui.small_button(tr.dismiss).clicked() {
+                    ui.set_max_width(440.0);
+                    ui.horizontal_wrapped(|ui| {
+                        ui.label(RichText::new(n.message.text(tr)).color(fg));
+                        if let Some(key) = n.undo {
+                            if ui.button(RichText::new(tr.undo).strong()).clicked() {
+                                intents.push(Intent::Undo(key));
+                            }
+                        }
+                        if ui.small_button("×").on_hover_text(tr.dismiss).clicked() {
                             intents.push(Intent::DismissNotice(i));
                         }
                     });

@@ -40,8 +40,8 @@ pub(super) fn model_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<Inten
                 ))
                 .small(),
             );
-            if let Some(note) = &m.device_note {
-                ui.colored_label(WARN, note);
+            for note in &m.device_notes {
+                ui.colored_label(WARN, crate::ui::messages::device_note(note, tr));
             }
             if crate::demo::is_demo(&m.choice.vision) {
                 ui.colored_label(WARN, tr.demo_warning);
@@ -54,6 +54,7 @@ pub(super) fn model_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<Inten
     if let Some(msg) = &state.model.load_error {
         egui::Frame::group(ui.style()).fill(Color32::from_rgb(80, 20, 20)).show(ui, |ui| {
             ui.colored_label(Color32::from_rgb(255, 170, 170), RichText::new(tr.load_failed).strong());
+            let msg = crate::ui::messages::problem(msg, tr);
             ui.label(RichText::new(msg).color(Color32::from_rgb(255, 220, 220)));
         });
     }

@@ -61,7 +61,7 @@ pub fn step_until(h: &mut Harness<'_, ZiyaApp>, what: &str, mut done: impl FnMut
 pub fn wait_ready(h: &mut Harness<'_, ZiyaApp>) {
     step_until(h, "the model to load", |a| {
         if let Some(e) = &a.state.model.load_error {
-            panic!("load failed: {e}");
+            panic!("load failed: {e:?}");
         }
         a.state.is_ready()
     });
