@@ -121,6 +121,9 @@ pub struct Tr {
     pub store_unavailable: &'static str,
     pub image_unavailable: &'static str,
     pub cannot_continue: &'static str,
+    pub reload_last_model: &'static str,
+    pub demo_model: &'static str,
+    pub cpu_only_build: &'static str,
 }
 
 /// Replaces each `{}` in `template` with the next value.
@@ -238,6 +241,9 @@ pub static ZH: Tr = Tr {
     store_unavailable: "无法打开对话存储 {}：{}。对话不会被保存。",
     image_unavailable: "对话中的图片 {} 无法使用：{}",
     cannot_continue: "无法继续这个对话：{}",
+    reload_last_model: "启动时重新加载上次的模型",
+    demo_model: "演示模型",
+    cpu_only_build: "此版本只在 CPU 上运行（GPU 版本的构建方法见 README）",
 };
 
 pub static EN: Tr = Tr {
@@ -339,6 +345,9 @@ pub static EN: Tr = Tr {
     store_unavailable: "The conversation store {} cannot be opened: {}. Conversations will not be saved.",
     image_unavailable: "Image {} of this conversation is unavailable: {}",
     cannot_continue: "This conversation cannot be continued: {}",
+    reload_last_model: "Reload the last model at start",
+    demo_model: "Demo model",
+    cpu_only_build: "This build runs on the CPU (see the README for GPU builds)",
 };
 
 #[cfg(test)]

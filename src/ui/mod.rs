@@ -15,7 +15,10 @@ pub use views::{displayable, COMPOSER_ID};
 
 /// Opens the window (blocking until it is closed).
 pub fn run(options: AppOptions) -> anyhow::Result<()> {
+    // Preferences live with the conversations (ZIYA_VISUAL_DATA_DIR moves both).
+    let data_dir = options.data_dir.clone().unwrap_or_else(app::default_data_dir);
     let native = eframe::NativeOptions {
+        persistence_path: Some(data_dir.join("app.ron")),
         viewport: egui::ViewportBuilder::default()
             .with_title("Ziya-Visual")
             .with_inner_size([1180.0, 780.0])

@@ -25,8 +25,12 @@ use crate::ui::messages::Message;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Prefs {
-    /// The model chosen in the panel (loaded at start when it was loaded last time).
+    /// The model chosen in the panel.
     pub model: ModelChoice,
+    /// The model that was loaded when the window last closed (loaded again at start when
+    /// `reload_last_model`).
+    pub last_loaded: Option<ModelChoice>,
+    pub reload_last_model: bool,
     pub sampling: SamplingParams,
     pub lang: Option<Lang>,
     pub show_side_panel: bool,
@@ -34,7 +38,14 @@ pub struct Prefs {
 
 impl Default for Prefs {
     fn default() -> Self {
-        Self { model: ModelChoice::default(), sampling: SamplingParams::default(), lang: None, show_side_panel: true }
+        Self {
+            model: ModelChoice::default(),
+            last_loaded: None,
+            reload_last_model: true,
+            sampling: SamplingParams::default(),
+            lang: None,
+            show_side_panel: true,
+        }
     }
 }
 
@@ -193,6 +204,7 @@ pub enum Intent {
     SetPrecision(Precision),
     SetQuant(Option<Quant>),
     SetSampling(SamplingParams),
+    SetReloadLastModel(bool),
     LoadModel,
     UseDemoModel,
     CancelLoad,

@@ -238,3 +238,52 @@ fn errors_are_worded_in_the_interface_language_and_follow_a_switch() {
     h.get_by_label_contains("is not a usable image");
     h.get_by_label_contains("The model configuration");
 }
+
+/// An app started as the binary starts it (remembered preferences in `storage`).
+fn restarted(data: &std::path::Path, storage: &'static MemoryStorage, opts: AppOptions) -> Harness<'static, ZiyaApp> {
+    let opts = AppOptions { data_dir: Some(data.to_path_buf()), lang: Some(Lang::En), ..opts };
+    Harness::builder().with_size([1200.0, 800.0]).build_eframe(move |cc| {
+        cc.storage = Some(storage);
+        ZiyaApp::new(cc, opts)
+    })
+}
+
+#[test]
+fn a_restart_reloads_the_last_model_and_flags_win_over_preferences() {
+    use ziya_visual::device::Precision;
+    let data = tempfile::tempdir().unwrap();
+    let mut first = options(data.path(), greedy(4), true);
+    first.fresh = false;
+    let mut h = harness(first);
+    wait_ready(&mut h);
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(h.state_mut(), &mut storage);
+    drop(h);
+    let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
+
+    // No flags: the model comes back by itself, with the usual progress.
+    let mut h = restarted(data.path(), storage, AppOptions::default());
+    assert!(h.state().state.is_loading(), "loading starts at once");
+    wait_ready(&mut h);
+    let loaded = h.state().state.model.loaded.clone().unwrap();
+    assert_eq!(loaded.choice.vision, vision_dir());
+    assert_eq!(loaded.dtype, "f32");
+    drop(h);
+
+    // A flag given now wins over the remembered setting.
+    let flags = ziya_visual::model::choice::ModelOverrides { precision: Some(Precision::F16), ..Default::default() };
+    let mut h = restarted(data.path(), storage, AppOptions { model: flags, ..Default::default() });
+    wait_ready(&mut h);
+    assert_eq!(h.state().state.model.loaded.as_ref().unwrap().dtype, "f16");
+    assert_eq!(h.state().state.prefs.model.precision, Precision::F16);
+
+    // The setting turns it off.
+    h.state_mut().apply(Intent::SetReloadLastModel(false));
+    let mut off = MemoryStorage::default();
+    eframe::App::save(h.state_mut(), &mut off);
+    drop(h);
+    let off: &'static MemoryStorage = Box::leak(Box::new(off));
+    let mut h = restarted(data.path(), off, AppOptions::default());
+    h.step();
+    assert!(!h.state().state.is_loading() && h.state().state.model.loaded.is_none());
+}

@@ -166,6 +166,7 @@ impl ZiyaApp {
             Intent::SetPrecision(p) => self.state.prefs.model.precision = p,
             Intent::SetQuant(q) => self.state.prefs.model.quant = q,
             Intent::SetSampling(s) => self.state.prefs.sampling = s,
+            Intent::SetReloadLastModel(on) => self.state.prefs.reload_last_model = on,
             Intent::LoadModel => {
                 if self.state.is_busy() || self.state.is_loading() || !self.state.prefs.model.is_complete() {
                     return;

@@ -54,13 +54,17 @@ impl ZiyaApp {
             Event::Loaded(summary) => {
                 state.model.loading = None;
                 state.model.load_error = None;
+                state.prefs.last_loaded = Some(summary.choice.clone());
                 state.model.loaded = Some(summary);
             }
             Event::LoadFailed(failure) => {
                 state.model.loading = None;
                 state.model.load_error = Some(failure.problem);
             }
-            Event::Unloaded => state.model.loaded = None,
+            Event::Unloaded => {
+                state.model.loaded = None;
+                state.prefs.last_loaded = None;
+            }
             Event::Token { id, text } => {
                 if let Some(p) = state.pending.as_mut().filter(|p| p.id == id) {
                     p.answer.push_str(&text);

@@ -197,6 +197,12 @@ impl ZiyaApp {
             app.apply(Intent::UseDemoModel);
         } else if options.model.names_a_model() {
             app.apply(Intent::LoadModel);
+        } else if let Some(mut last) = app.state.prefs.last_loaded.clone().filter(|_| app.state.prefs.reload_last_model)
+        {
+            // Start where the user left off; flags given now still win.
+            options.model.apply(&mut last);
+            app.state.prefs.model = last;
+            app.apply(Intent::LoadModel);
         }
         app
     }

@@ -104,16 +104,23 @@ pub(super) fn model_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<Inten
         }
         ui.horizontal(|ui| {
             let label = ui.label(tr.device);
+            // Only what this build can run on (a CPU-only build offers the CPU alone).
+            let offered = crate::ui::messages::offered_devices();
             let mut device = choice.device;
-            egui::ComboBox::from_id_salt("device")
-                .selected_text(device.name())
-                .show_ui(ui, |ui| {
-                    for d in DeviceKind::ALL {
-                        ui.selectable_value(&mut device, d, d.name());
-                    }
-                })
-                .response
-                .labelled_by(label.id);
+            if offered.len() > 1 {
+                egui::ComboBox::from_id_salt("device")
+                    .selected_text(device.name())
+                    .show_ui(ui, |ui| {
+                        for d in offered {
+                            ui.selectable_value(&mut device, d, d.name());
+                        }
+                    })
+                    .response
+                    .labelled_by(label.id);
+            } else {
+                ui.label(DeviceKind::Cpu.label()).on_hover_text(tr.cpu_only_build);
+                device = DeviceKind::Cpu;
+            }
             if device != choice.device {
                 intents.push(Intent::SetDevice(device));
             }
@@ -189,6 +196,15 @@ pub(super) fn model_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<Inten
     ui.horizontal(|ui| {
         if ui.add_enabled(can_load, egui::Button::new(tr.load)).clicked() {
             intents.push(Intent::LoadModel);
+        }
+        // The demo stays one click away, whatever was tried before.
+        if !unconfigured
+            && ui
+                .add_enabled(!loading && !state.is_busy(), egui::Button::new(tr.demo_model).small())
+                .on_hover_text(tr.demo_warning)
+                .clicked()
+        {
+            intents.push(Intent::UseDemoModel);
         }
         if loading && ui.button(tr.cancel).clicked() {
             intents.push(Intent::CancelLoad);

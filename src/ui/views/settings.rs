@@ -36,6 +36,10 @@ pub(super) fn settings_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<In
         if s != state.prefs.sampling {
             intents.push(Intent::SetSampling(s));
         }
+        let mut reload = state.prefs.reload_last_model;
+        if ui.checkbox(&mut reload, tr.reload_last_model).changed() {
+            intents.push(Intent::SetReloadLastModel(reload));
+        }
         ui.horizontal(|ui| {
             ui.label(tr.language);
             for (lang, label) in [(Lang::Zh, "中文"), (Lang::En, "English")] {
