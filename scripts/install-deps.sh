@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, testing and running ziya-visual needs on a Debian/Ubuntu machine
 # (README, "Install"): a C compiler (the JPEG decoder is C), pkg-config, and the libraries the
-# window loads at run time (OpenGL through Mesa, X11/Wayland input). Already-present pieces are
-# skipped, so it is quick to re-run.
+# window loads at run time (OpenGL through Mesa, X11/Wayland input), and zenity for file
+# dialogs. Already-present pieces are skipped, so it is quick to re-run.
 set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(build-essential)
@@ -16,6 +16,10 @@ have_lib 'libXcursor.so.1 ' || need+=(libxcursor1)
 have_lib 'libXrandr.so.2 ' || need+=(libxrandr2)
 have_lib 'libXi.so.6 ' || need+=(libxi6)
 have_lib 'libwayland-client.so.0 ' || need+=(libwayland-client0)
+# File dialogs: rfd asks xdg-desktop-portal over D-Bus and falls back to zenity; a desktop
+# without a portal (a bare X session, a minimal window manager) has neither, so bring zenity.
+# (Without both the window still works: it shows its own file dialog and says why.)
+command -v zenity >/dev/null || need+=(zenity)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "installing: ${need[*]}"

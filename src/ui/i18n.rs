@@ -124,6 +124,16 @@ pub struct Tr {
     pub reload_last_model: &'static str,
     pub demo_model: &'static str,
     pub cpu_only_build: &'static str,
+    pub no_system_dialog: &'static str,
+    pub dialog_up: &'static str,
+    pub dialog_open: &'static str,
+    pub dialog_save: &'static str,
+    pub dialog_choose_folder: &'static str,
+    pub dialog_path: &'static str,
+    pub dialog_title_open: &'static str,
+    pub dialog_title_folder: &'static str,
+    pub dialog_title_save: &'static str,
+    pub dialog_chosen: &'static str,
 }
 
 /// Replaces each `{}` in `template` with the next value.
@@ -244,6 +254,16 @@ pub static ZH: Tr = Tr {
     reload_last_model: "启动时重新加载上次的模型",
     demo_model: "演示模型",
     cpu_only_build: "此版本只在 CPU 上运行（GPU 版本的构建方法见 README）",
+    no_system_dialog: "没有可用的系统文件对话框（{}），请在这里选择。",
+    dialog_up: "上一级",
+    dialog_open: "打开",
+    dialog_save: "保存",
+    dialog_choose_folder: "选择此文件夹",
+    dialog_path: "路径（Tab 补全）",
+    dialog_title_open: "选择文件",
+    dialog_title_folder: "选择文件夹",
+    dialog_title_save: "保存为",
+    dialog_chosen: "已选 {} 个",
 };
 
 pub static EN: Tr = Tr {
@@ -348,6 +368,16 @@ pub static EN: Tr = Tr {
     reload_last_model: "Reload the last model at start",
     demo_model: "Demo model",
     cpu_only_build: "This build runs on the CPU (see the README for GPU builds)",
+    no_system_dialog: "No system file dialog is available ({}); choose here instead.",
+    dialog_up: "Up",
+    dialog_open: "Open",
+    dialog_save: "Save",
+    dialog_choose_folder: "Choose this folder",
+    dialog_path: "Path (Tab completes)",
+    dialog_title_open: "Choose a file",
+    dialog_title_folder: "Choose a folder",
+    dialog_title_save: "Save as",
+    dialog_chosen: "{} chosen",
 };
 
 #[cfg(test)]

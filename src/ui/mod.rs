@@ -3,6 +3,7 @@
 //! it; `app/` acts on intents and on what the engine and workers send.
 
 pub mod app;
+pub mod file_dialog;
 pub mod fonts;
 pub mod i18n;
 pub mod images;
@@ -11,7 +12,7 @@ pub mod state;
 mod views;
 
 pub use app::{AppOptions, ZiyaApp};
-pub use views::{displayable, COMPOSER_ID};
+pub use views::{displayable, COMPOSER_ID, PATH_FIELD_ID};
 
 /// Opens the window (blocking until it is closed).
 pub fn run(options: AppOptions) -> anyhow::Result<()> {

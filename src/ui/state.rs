@@ -196,6 +196,14 @@ pub enum Intent {
     PickLlmDir,
     PickLlmBaseDir,
     PickLlmGguf,
+    /// The in-window file dialog: show this folder, the typed path, Tab, a file (de)selected,
+    /// Open/Save, Cancel.
+    DialogNavigate(PathBuf),
+    DialogSetInput(String),
+    DialogComplete,
+    DialogToggle(PathBuf),
+    DialogConfirm,
+    DialogCancel,
     SetVisionPath(PathBuf),
     SetLlmPath(PathBuf),
     SetUseDelta(bool),
@@ -257,6 +265,8 @@ pub struct AppState {
     pub measure_key: u64,
     /// The last deletion, while its notice offers Undo.
     pub undo: Option<(u64, Undo)>,
+    /// The file dialog inside the window, when the system has none.
+    pub dialog: Option<crate::ui::file_dialog::InWindowDialog>,
 }
 
 impl AppState {
@@ -280,6 +290,7 @@ impl AppState {
             measure: None,
             measure_key: 0,
             undo: None,
+            dialog: None,
         }
     }
 

@@ -287,3 +287,60 @@ fn a_restart_reloads_the_last_model_and_flags_win_over_preferences() {
     h.step();
     assert!(!h.state().state.is_loading() && h.state().state.model.loaded.is_none());
 }
+
+#[test]
+fn without_a_system_file_dialog_one_opens_inside_the_window() {
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = options(data.path(), greedy(4), true);
+    opts.builtin_dialogs = true;
+    let mut h = harness(opts);
+    wait_ready(&mut h);
+
+    // Attach images: the dialog says why it is not the system's, lists the images of a folder
+    // (not the text file), and several can be chosen.
+    h.get_by_label("＋ Attach images");
+    h.state_mut().apply(Intent::PickImages);
+    assert!(h.state().state.dialog.is_some(), "the in-window dialog opened");
+    h.step(); // a new window is laid out, then shown
+    h.step();
+    h.get_by_label_contains("No system file dialog is available");
+    h.state_mut().apply(Intent::DialogNavigate(image_path("")));
+    h.step();
+    assert!(h.query_by_label("corpus.txt").is_none());
+    h.get_by_label("rgba.png");
+    // (Entries are chosen by intent: kittest clicks by screen position, and the list scrolls.)
+    h.state_mut().apply(Intent::DialogToggle(image_path("rgba.png")));
+    h.state_mut().apply(Intent::DialogToggle(image_path("gray.png")));
+    h.step();
+    h.get_by_label("2 chosen");
+    h.get_by_label("Open").click();
+    h.step();
+    step_until(&mut h, "two attachments", |a| {
+        a.state.composer.attachments.iter().filter(|x| x.image.is_some()).count() == 2
+    });
+    assert!(h.state().state.dialog.is_none());
+    type_and_enter(&mut h, "two pictures");
+    step_until(&mut h, "the answer", |a| a.state.pending.is_none() && !a.state.session.turns.is_empty());
+
+    // Export HTML: a file name typed (Tab completes folder names), Save writes it.
+    std::fs::create_dir(data.path().join("exports")).unwrap();
+    h.state_mut().apply(Intent::ExportHtml);
+    h.step();
+    h.step();
+    h.state_mut().apply(Intent::DialogNavigate(data.path().to_path_buf()));
+    h.ctx.memory_mut(|m| m.request_focus(egui::Id::unique(ziya_visual::ui::PATH_FIELD_ID)));
+    h.step();
+    h.state_mut().apply(Intent::DialogSetInput("exp".into()));
+    h.step();
+    h.key_press(Key::Tab);
+    h.step();
+    assert_eq!(h.state().state.dialog.as_ref().unwrap().dir, data.path().join("exports"), "Tab entered the folder");
+    h.state_mut().apply(Intent::DialogSetInput("story.html".into()));
+    h.step();
+    h.get_by_label("Save").click();
+    h.step();
+    assert!(data.path().join("exports/story.html").is_file(), "exported where the dialog said");
+    h.step();
+    h.step(); // the notice area is laid out, then shown
+    h.get_by_label_contains("story.html");
+}

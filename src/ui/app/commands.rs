@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Picked, Thumb, ZiyaApp};
+use super::{Thumb, ZiyaApp};
 use crate::chat::ImageData;
 use crate::engine::Command;
 use crate::model::choice::{LlmSource, ModelChoice};
 use crate::session::{ImageStorage, Session, TurnId};
+use crate::ui::file_dialog::Purpose;
 use crate::ui::images::ImageJob;
 use crate::ui::messages::Message;
 use crate::ui::state::{Attachment, Editing, Intent, NoticeKind, Pending, Undo};
@@ -124,21 +125,44 @@ impl ZiyaApp {
                 self.media.attachment_thumbs.remove(&key);
                 self.state.composer.attachments.retain(|a| a.key != key);
             }
-            Intent::PickImages => self.pick(|| {
-                rfd::FileDialog::new()
-                    .add_filter("images", &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"])
-                    .pick_files()
-                    .map(Picked::Images)
-            }),
-            Intent::PickVisionDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::VisionDir)),
-            Intent::PickLlmDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmDir)),
-            Intent::PickLlmGguf => self.pick(|| {
-                rfd::FileDialog::new()
-                    .add_filter("GGUF (ziya-visual quantize)", &["gguf"])
-                    .pick_file()
-                    .map(Picked::LlmDir)
-            }),
-            Intent::PickLlmBaseDir => self.pick(|| rfd::FileDialog::new().pick_folder().map(Picked::LlmBaseDir)),
+            Intent::PickImages => self.pick(Purpose::Images),
+            Intent::PickVisionDir => self.pick(Purpose::VisionDir),
+            Intent::PickLlmDir => self.pick(Purpose::LlmDir),
+            Intent::PickLlmGguf => self.pick(Purpose::LlmGguf),
+            Intent::PickLlmBaseDir => self.pick(Purpose::BaseDir),
+            Intent::DialogNavigate(dir) => {
+                if let Some(d) = self.state.dialog.as_mut() {
+                    d.navigate(&dir);
+                    d.input.clear();
+                }
+            }
+            Intent::DialogSetInput(text) => {
+                if let Some(d) = self.state.dialog.as_mut() {
+                    d.input = text;
+                    d.error = None;
+                }
+            }
+            Intent::DialogComplete => {
+                if let Some(d) = self.state.dialog.as_mut() {
+                    d.complete();
+                }
+            }
+            Intent::DialogToggle(path) => {
+                if let Some(d) = self.state.dialog.as_mut() {
+                    d.toggle(path);
+                }
+            }
+            Intent::DialogConfirm => {
+                let Some(d) = self.state.dialog.as_mut() else { return };
+                match d.answer() {
+                    Ok(picked) => {
+                        self.state.dialog = None;
+                        self.use_picked(picked);
+                    }
+                    Err(why) => d.error = Some(why),
+                }
+            }
+            Intent::DialogCancel => self.state.dialog = None,
             Intent::SetVisionPath(p) => self.state.prefs.model.vision = p,
             Intent::SetLlmPath(p) => {
                 let llm = &mut self.state.prefs.model.llm;
@@ -295,32 +319,10 @@ impl ZiyaApp {
                     Err(e) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
                 }
             }
-            Intent::PickSessionFile => self
-                .pick(|| rfd::FileDialog::new().add_filter("session", &["json"]).pick_file().map(Picked::SessionFile)),
-            Intent::SaveAs => {
-                let name = format!("{}.json", crate::export::file_stem_from(&self.state.session.title));
-                self.pick(move || {
-                    rfd::FileDialog::new()
-                        .set_file_name(name)
-                        .add_filter("session", &["json"])
-                        .save_file()
-                        .map(Picked::SaveAs)
-                })
-            }
-            Intent::ExportMarkdown => {
-                let name = crate::export::file_stem_from(&self.state.session.title);
-                self.pick(move || rfd::FileDialog::new().set_file_name(name).pick_folder().map(Picked::ExportMarkdown))
-            }
-            Intent::ExportHtml => {
-                let name = format!("{}.html", crate::export::file_stem_from(&self.state.session.title));
-                self.pick(move || {
-                    rfd::FileDialog::new()
-                        .set_file_name(name)
-                        .add_filter("HTML", &["html"])
-                        .save_file()
-                        .map(Picked::ExportHtml)
-                })
-            }
+            Intent::PickSessionFile => self.pick(Purpose::SessionFile),
+            Intent::SaveAs => self.pick(Purpose::SaveAs),
+            Intent::ExportMarkdown => self.pick(Purpose::ExportMarkdown),
+            Intent::ExportHtml => self.pick(Purpose::ExportHtml),
             Intent::Copy(text) => self.ctx.copy_text(text),
             Intent::SetLang(lang) => {
                 self.state.lang = lang;
@@ -335,18 +337,6 @@ impl ZiyaApp {
             // Through the normal close path: an answer in flight is stopped and saved.
             Intent::Quit => self.ctx.send_viewport_cmd(egui::ViewportCommand::Close),
         }
-    }
-
-    /// Runs a file dialog on its own thread (it blocks the thread that opens it; never the UI's).
-    fn pick(&self, make: impl FnOnce() -> Option<Picked> + Send + 'static) {
-        let tx = self.picked_tx.clone();
-        let ctx = self.ctx.clone();
-        std::thread::spawn(move || {
-            if let Some(p) = make() {
-                let _ = tx.send(p);
-                ctx.request_repaint();
-            }
-        });
     }
 
     fn start_generation(&mut self, parent: Option<TurnId>, query: String, images: Vec<ImageData>) {

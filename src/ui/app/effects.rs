@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use super::{Picked, Thumb, ZiyaApp};
+use super::{Thumb, ZiyaApp};
 use crate::engine::Event;
 use crate::generation::Generation;
 use crate::session::{ModelInfo, NewTurn, TurnStats};
 use crate::ui::images::{ImageJob, ImageResult};
 use crate::ui::messages::Message;
-use crate::ui::state::{Attachment, Intent, NoticeKind, Pending};
+use crate::ui::state::{Attachment, NoticeKind, Pending};
 
 impl ZiyaApp {
     /// Brings in what the engine, the image workers, the planner and the dialogs have sent.
@@ -28,17 +28,8 @@ impl ZiyaApp {
                 self.state.plans = Some(rows);
             }
         }
-        while let Ok(picked) = self.picked_rx.try_recv() {
-            match picked {
-                Picked::Images(paths) => self.apply(Intent::AddFiles(paths)),
-                Picked::VisionDir(p) => self.apply(Intent::SetVisionPath(p)),
-                Picked::LlmDir(p) => self.apply(Intent::SetLlmPath(p)),
-                Picked::LlmBaseDir(p) => self.apply(Intent::SetBasePath(p)),
-                Picked::SessionFile(p) => self.apply(Intent::OpenSessionFile(p)),
-                Picked::SaveAs(p) => self.save_as(&p),
-                Picked::ExportMarkdown(p) => self.export(&p, false),
-                Picked::ExportHtml(p) => self.export(&p, true),
-            }
+        while let Ok(answer) = self.dialog_rx.try_recv() {
+            self.on_dialog_answer(answer);
         }
     }
 

@@ -7,6 +7,7 @@
 //!   one place the state changes in response to the user — then acts on.
 
 mod commands;
+mod dialogs;
 mod effects;
 mod plans;
 
@@ -45,6 +46,9 @@ pub struct AppOptions {
     pub sampling: Option<SamplingParams>,
     /// Ignore remembered settings and sessions' last-opened state (tests).
     pub fresh: bool,
+    /// Use the file dialog inside the window, never the system's (tests; also
+    /// `ZIYA_VISUAL_DIALOGS=builtin`).
+    pub builtin_dialogs: bool,
 }
 
 /// The platform's data folder for ziya-visual, or `ZIYA_VISUAL_DATA_DIR` when set.
@@ -70,18 +74,6 @@ pub enum Thumb {
 pub struct Media {
     pub thumbs: HashMap<String, Thumb>,
     pub attachment_thumbs: HashMap<u64, TextureHandle>,
-}
-
-/// Answers of the file dialogs, which run on their own threads.
-enum Picked {
-    Images(Vec<PathBuf>),
-    VisionDir(PathBuf),
-    LlmDir(PathBuf),
-    LlmBaseDir(PathBuf),
-    SessionFile(PathBuf),
-    SaveAs(PathBuf),
-    ExportMarkdown(PathBuf),
-    ExportHtml(PathBuf),
 }
 
 /// Frame pacing while the app is busy (loading or answering): the UI must keep drawing.
@@ -131,8 +123,13 @@ pub struct ZiyaApp {
     images: ImageWorker,
     planner: plans::Planner,
     store: Option<SessionStore>,
-    picked_tx: Sender<Picked>,
-    picked_rx: Receiver<Picked>,
+    dialog_tx: Sender<dialogs::DialogAnswer>,
+    dialog_rx: Receiver<dialogs::DialogAnswer>,
+    /// Whether the system can show file dialogs (found out at the first one), or why not.
+    system_dialogs: Option<Result<(), String>>,
+    builtin_dialogs: bool,
+    /// Where the last dialog was answered (the next one starts there).
+    dialog_dir: Option<PathBuf>,
     data_dir: PathBuf,
     ctx: egui::Context,
     /// Keys of attachments whose results are still expected (a removed one is ignored).
@@ -163,7 +160,7 @@ impl ZiyaApp {
         let images = ImageWorker::spawn(2, Arc::new(move || waker_ctx.request_repaint()));
         let waker_ctx = ctx.clone();
         let planner = plans::Planner::spawn(Arc::new(move || waker_ctx.request_repaint()));
-        let (picked_tx, picked_rx) = crossbeam_channel::unbounded();
+        let (dialog_tx, dialog_rx) = crossbeam_channel::unbounded();
         let data_dir = options.data_dir.clone().unwrap_or_else(default_data_dir);
         let mut app = Self {
             state: AppState::new(prefs),
@@ -174,8 +171,11 @@ impl ZiyaApp {
             images,
             planner,
             store: None,
-            picked_tx,
-            picked_rx,
+            dialog_tx,
+            dialog_rx,
+            system_dialogs: None,
+            builtin_dialogs: options.builtin_dialogs,
+            dialog_dir: None,
             data_dir: data_dir.clone(),
             ctx,
             waiting: Default::default(),

@@ -5,6 +5,7 @@
 mod chat;
 mod chrome;
 mod composer;
+mod file_dialog;
 mod model_panel;
 mod settings;
 mod sidebar;
@@ -13,6 +14,7 @@ use egui::{ScrollArea, Ui};
 
 pub use chat::displayable;
 pub use composer::COMPOSER_ID;
+pub use file_dialog::PATH_FIELD_ID;
 
 use crate::ui::app::Media;
 use crate::ui::state::{AppState, Intent};
@@ -38,6 +40,7 @@ pub fn show(
         });
     }
     egui::CentralPanel::default().show(ui, |ui| chat::chat(ui, state, media, markdown, intents));
+    file_dialog::file_dialog(ui.ctx(), state, intents);
     chrome::notices(ui.ctx(), state, intents);
     chrome::drop_overlay(ui.ctx(), state);
 }
