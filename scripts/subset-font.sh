@@ -27,3 +27,13 @@ PY
 pyftsubset x/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc --font-number=2 --text-file=chars.txt \
   --output-file="$out" --layout-features='' --no-hinting --name-IDs='*'
 echo "wrote $out"
+
+# The few symbols that neither egui's fonts nor the CJK subset have, which egui_commonmark draws
+# (the code block's copy / copied icons, alert marks): from Noto Sans Symbols2 (SIL OFL 1.1,
+# Debian's fonts-noto-core), 2 kB.
+sym="$(dirname "$out")/NotoSansSymbols2-subset.ttf"
+apt-get download fonts-noto-core
+dpkg -x fonts-noto-core_*.deb y
+pyftsubset y/usr/share/fonts/truetype/noto/NotoSansSymbols2-Regular.ttf \
+  --unicodes="U+1F5D0,U+2714,U+2713,U+26A0" --output-file="$sym" --no-hinting
+echo "wrote $sym"

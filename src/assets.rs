@@ -5,6 +5,10 @@
 /// OFL subset of Noto Sans CJK SC (GB2312), see assets/fonts/OFL.txt.
 pub static BUNDLED_CJK_FONT: &[u8] = include_bytes!("../assets/fonts/NotoSansSC-Regular-subset.otf");
 
+/// OFL subset of Noto Sans Symbols2: the symbols egui_commonmark draws that no other bundled
+/// font has (a code block's copy button 🗐 and its ✔).
+pub static BUNDLED_SYMBOLS_FONT: &[u8] = include_bytes!("../assets/fonts/NotoSansSymbols2-subset.ttf");
+
 macro_rules! tiny {
     ($dir:literal, $name:literal) => {
         (concat!($dir, "/", $name), include_bytes!(concat!("../assets/tiny-ziya/", $dir, "/", $name)).as_slice())

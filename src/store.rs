@@ -35,6 +35,10 @@ struct Index {
     last_opened: Option<String>,
     #[serde(default)]
     sessions: BTreeMap<String, SessionEntry>,
+    /// Session files opened from elsewhere, by the SHA-256 of their bytes, and the id of the
+    /// copy made of each (opening the same file again opens that copy).
+    #[serde(default)]
+    imports: BTreeMap<String, String>,
 }
 
 pub struct SessionStore {
@@ -258,6 +262,18 @@ impl SessionStore {
             std::fs::remove_dir_all(&images).map_err(|e| Error::io(&images, e))?;
         }
         self.forget(id)
+    }
+
+    /// The copy made of a session file with these bytes, if it is still here.
+    pub fn imported(&self, fingerprint: &str) -> Option<&str> {
+        self.index.imports.get(fingerprint).map(String::as_str).filter(|id| self.index.sessions.contains_key(*id))
+    }
+
+    /// Remembers that the file with this fingerprint was copied in as `id`.
+    pub fn record_import(&mut self, fingerprint: &str, id: &str) -> Result<()> {
+        self.index.imports.retain(|_, v| self.index.sessions.contains_key(v.as_str()));
+        self.index.imports.insert(fingerprint.to_string(), id.to_string());
+        self.write_index()
     }
 
     pub fn last_opened(&self) -> Option<&str> {

@@ -134,6 +134,11 @@ pub struct Tr {
     pub dialog_title_folder: &'static str,
     pub dialog_title_save: &'static str,
     pub dialog_chosen: &'static str,
+    pub default_question: &'static str,
+    pub image_count_one: &'static str,
+    pub copied: &'static str,
+    pub search: &'static str,
+    pub no_matches: &'static str,
 }
 
 /// Replaces each `{}` in `template` with the next value.
@@ -264,6 +269,11 @@ pub static ZH: Tr = Tr {
     dialog_title_folder: "选择文件夹",
     dialog_title_save: "保存为",
     dialog_chosen: "已选 {} 个",
+    default_question: "请描述这张图片。",
+    image_count_one: "{} 张图片",
+    copied: "已复制",
+    search: "搜索对话",
+    no_matches: "没有匹配的对话",
 };
 
 pub static EN: Tr = Tr {
@@ -378,6 +388,11 @@ pub static EN: Tr = Tr {
     dialog_title_folder: "Choose a folder",
     dialog_title_save: "Save as",
     dialog_chosen: "{} chosen",
+    default_question: "Describe this picture.",
+    image_count_one: "{} image",
+    copied: "Copied",
+    search: "Search conversations",
+    no_matches: "No matching conversations",
 };
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use crate::ui::messages::Refusal;
 
 /// Longest side of a thumbnail, in pixels.
 pub const THUMB_SIZE: u32 = 256;
+/// Longest side of an image shown large.
+pub const LARGE_SIZE: u32 = 1280;
 
 pub enum ImageJob {
     /// A file to attach to the question being written.
@@ -23,12 +25,15 @@ pub enum ImageJob {
     Pasted { key: u64, name: String, image: Arc<ColorImage> },
     /// The thumbnail of an image already in the conversation.
     Thumbnail { hash: String, name: String, bytes: Arc<[u8]> },
+    /// An image of the conversation at a size to look at.
+    Large { hash: String, name: String, bytes: Arc<[u8]> },
 }
 
 pub enum ImageResult {
     Attached { key: u64, image: ImageData, thumb: ColorImage },
     Refused { key: u64, name: String, refusal: Refusal },
     Thumbnail { hash: String, thumb: Result<ColorImage, String> },
+    Large { hash: String, image: Result<ColorImage, String> },
 }
 
 pub struct ImageWorker {
@@ -97,6 +102,7 @@ fn process(job: ImageJob) -> ImageResult {
             Err(e) => ImageResult::Refused { key, name, refusal: Refusal::NotAnImage(e) },
         },
         ImageJob::Thumbnail { hash, name, bytes } => ImageResult::Thumbnail { hash, thumb: thumbnail(&bytes, &name) },
+        ImageJob::Large { hash, name, bytes } => ImageResult::Large { hash, image: scaled(&bytes, &name, LARGE_SIZE) },
     }
 }
 
@@ -110,12 +116,17 @@ pub fn read_image(path: &std::path::Path) -> Result<(ImageData, ColorImage), Ref
 
 /// A thumbnail of encoded image bytes, with the EXIF orientation the model sees.
 pub fn thumbnail(bytes: &[u8], name: &str) -> Result<ColorImage, String> {
+    scaled(bytes, name, THUMB_SIZE)
+}
+
+/// The image at most `size` pixels on its longest side.
+fn scaled(bytes: &[u8], name: &str, size: u32) -> Result<ColorImage, String> {
     let rgb = decode_rgb(bytes, name).map_err(|e| match e {
         crate::Error::Image { msg, .. } => msg,
         other => other.to_string(),
     })?;
     let (w, h) = rgb.dimensions();
-    let scale = (THUMB_SIZE as f32 / w.max(h) as f32).min(1.0);
+    let scale = (size as f32 / w.max(h) as f32).min(1.0);
     let (tw, th) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
     let small = image::imageops::thumbnail(&rgb, tw, th);
     Ok(ColorImage::from_rgb([tw as usize, th as usize], small.as_raw()))

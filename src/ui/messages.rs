@@ -40,6 +40,7 @@ pub enum Message {
     Saved(PathBuf),
     TurnDeleted,
     ConversationDeleted(String),
+    Copied,
     /// A sentence that needs no translation (already in the UI's language).
     Plain(&'static str),
 }
@@ -59,6 +60,7 @@ impl Message {
             },
             Message::Saved(path) => fill(tr.saved_to, &[&path.display()]),
             Message::TurnDeleted => tr.turn_deleted.to_string(),
+            Message::Copied => tr.copied.to_string(),
             Message::ConversationDeleted(title) => fill(tr.conversation_deleted, &[title, &TRASH_DAYS]),
             Message::Plain(s) => s.to_string(),
         }

@@ -230,6 +230,9 @@ pub enum Intent {
     ExportMarkdown,
     ExportHtml,
     Copy(String),
+    SetSidebarFilter(String),
+    /// Shows a conversation image large (`None` closes it).
+    ViewImage(Option<String>),
     SetLang(Lang),
     DismissNotice(usize),
     /// Brings back what the notice with this undo key removed.
@@ -267,6 +270,10 @@ pub struct AppState {
     pub undo: Option<(u64, Undo)>,
     /// The file dialog inside the window, when the system has none.
     pub dialog: Option<crate::ui::file_dialog::InWindowDialog>,
+    /// What the sidebar's search field holds (conversations whose title contains it are listed).
+    pub sidebar_filter: String,
+    /// The conversation image shown large (its hash).
+    pub viewing: Option<String>,
 }
 
 impl AppState {
@@ -291,6 +298,8 @@ impl AppState {
             measure_key: 0,
             undo: None,
             dialog: None,
+            sidebar_filter: String::new(),
+            viewing: None,
         }
     }
 
@@ -356,7 +365,8 @@ impl AppState {
         if self.composer.attachments.iter().any(|a| a.image.is_none()) {
             return Some(SendBlocker::AttachmentsLoading);
         }
-        if self.composer.text.trim().is_empty() {
+        // An image alone is asked about with a default question.
+        if self.composer.text.trim().is_empty() && self.composer.attachments.is_empty() {
             return Some(SendBlocker::Empty);
         }
         None

@@ -3,12 +3,14 @@
 //!   transformers' outputs (tests/fixtures/make_fixtures.py);
 //! - `ask_cli`, `delta`, `gguf`: the `ask`, `merge-delta` and `quantize` commands, driven as the
 //!   real binary;
-//! - `app_ui`, `app_sessions`: the window with the real engine, through egui_kittest;
+//! - `app_ui`, `app_sessions`, `app_details`: the window with the real engine, through
+//!   egui_kittest;
 //! - `long_story`: the oldest turns leave the context by a fixed rule, as the reference does;
 //! - `interrupted_save`: a save killed halfway leaves the previous file intact.
 
 mod common;
 
+mod app_details;
 mod app_sessions;
 mod app_ui;
 mod ask_cli;

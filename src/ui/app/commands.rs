@@ -21,7 +21,10 @@ impl ZiyaApp {
                 if self.state.send_blocker().is_some() {
                     return;
                 }
-                let query = std::mem::take(&mut self.state.composer.text).trim_end().to_string();
+                let mut query = std::mem::take(&mut self.state.composer.text).trim_end().to_string();
+                if query.trim().is_empty() {
+                    query = tr.default_question.to_string();
+                }
                 let attachments = std::mem::take(&mut self.state.composer.attachments);
                 // The composer's thumbnails become the chat's: the images are not decoded again.
                 for a in &attachments {
@@ -308,6 +311,13 @@ impl ZiyaApp {
                 if self.state.is_busy() {
                     return;
                 }
+                // The same file opened again opens the copy made the first time.
+                let fingerprint = std::fs::read(&path).ok().map(|b| crate::chat::content_hash(&b));
+                let known = fingerprint.as_deref().and_then(|f| self.store.as_ref()?.imported(f)).map(str::to_string);
+                if let Some(id) = known {
+                    self.apply(Intent::OpenSession(id));
+                    return;
+                }
                 match Session::load(&path) {
                     Ok(mut session) => {
                         // A copy goes into the store, so it is listed, autosaved and never
@@ -315,6 +325,11 @@ impl ZiyaApp {
                         session.migrated_from = None;
                         self.switch_session(session, None);
                         self.autosave();
+                        if let (Some(f), Some(id), Some(store)) =
+                            (fingerprint, self.state.session_id.clone(), self.store.as_mut())
+                        {
+                            let _ = store.record_import(&f, &id);
+                        }
                     }
                     Err(e) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
                 }
@@ -323,7 +338,17 @@ impl ZiyaApp {
             Intent::SaveAs => self.pick(Purpose::SaveAs),
             Intent::ExportMarkdown => self.pick(Purpose::ExportMarkdown),
             Intent::ExportHtml => self.pick(Purpose::ExportHtml),
-            Intent::Copy(text) => self.ctx.copy_text(text),
+            Intent::Copy(text) => {
+                self.ctx.copy_text(text);
+                self.state.notify(NoticeKind::Info, Message::Copied);
+            }
+            Intent::SetSidebarFilter(text) => self.state.sidebar_filter = text,
+            Intent::ViewImage(hash) => {
+                if let Some(h) = &hash {
+                    self.request_large_image(h);
+                }
+                self.state.viewing = hash;
+            }
             Intent::SetLang(lang) => {
                 self.state.lang = lang;
                 self.state.prefs.lang = Some(lang);

@@ -80,6 +80,10 @@ impl ZiyaApp {
                         state.composer.text = p.query;
                         for image in p.images {
                             let key = state.new_key();
+                            // Its thumbnail goes back with it (the chat's may be cleared, e.g. by New chat).
+                            if let Some(Thumb::Ready(tex)) = self.media.thumbs.get(&image.hash) {
+                                self.media.attachment_thumbs.insert(key, tex.clone());
+                            }
                             state.composer.attachments.push(Attachment {
                                 key,
                                 name: image.name.clone(),
@@ -130,6 +134,17 @@ impl ZiyaApp {
                 self.waiting.remove(&key);
                 self.state.composer.attachments.retain(|a| a.key != key);
                 self.state.notify(NoticeKind::Error, Message::ImageRefused { name, refusal });
+            }
+            ImageResult::Large { hash, image } => {
+                if self.state.viewing.as_ref() == Some(&hash) {
+                    let t = match image {
+                        Ok(img) => {
+                            Thumb::Ready(self.ctx.load_texture(format!("large-{hash}"), img, Default::default()))
+                        }
+                        Err(e) => Thumb::Failed(e),
+                    };
+                    self.media.large = Some((hash, t));
+                }
             }
             ImageResult::Thumbnail { hash, thumb } => {
                 let t = match thumb {
@@ -209,6 +224,26 @@ impl ZiyaApp {
         if let Ok(turns) = self.state.session.chat_turns(self.state.composer.text.trim_end(), &images) {
             let max_new = self.state.prefs.sampling.max_new_tokens;
             self.engine.send(crate::engine::Command::Measure { key, turns, max_new });
+        }
+    }
+
+    /// Asks a worker for a conversation image at a size to look at.
+    pub(super) fn request_large_image(&mut self, hash: &str) {
+        if self.media.large.as_ref().is_some_and(|(h, _)| h == hash) {
+            return;
+        }
+        let from_session = self.state.session.images.get(hash).and_then(|i| Some((i.name.clone(), i.bytes.clone()?)));
+        let from_pending = || {
+            self.state
+                .pending
+                .iter()
+                .flat_map(|p| &p.images)
+                .find(|i| i.hash == hash)
+                .map(|i| (i.name.clone(), i.bytes.clone()))
+        };
+        if let Some((name, bytes)) = from_session.or_else(from_pending) {
+            self.media.large = Some((hash.to_string(), Thumb::Pending));
+            self.images.submit(ImageJob::Large { hash: hash.to_string(), name, bytes });
         }
     }
 

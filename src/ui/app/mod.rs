@@ -51,6 +51,41 @@ pub struct AppOptions {
     pub builtin_dialogs: bool,
 }
 
+/// The files named by pasted text, when every line of it is a `file://` URI or an absolute path
+/// of an existing file (what file managers put on the clipboard when files are copied).
+fn pasted_files(text: &str) -> Option<Vec<PathBuf>> {
+    let paths: Vec<PathBuf> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let path = match l.strip_prefix("file://") {
+                // file://host/path: only the local host.
+                Some(rest) => percent_decode(rest.strip_prefix("localhost").unwrap_or(rest))?,
+                None => l.to_string(),
+            };
+            let path = PathBuf::from(path);
+            (path.is_absolute() && path.is_file()).then_some(path)
+        })
+        .collect::<Option<_>>()?;
+    (!paths.is_empty()).then_some(paths)
+}
+
+/// `%20` and friends in a URI path (bytes, then UTF-8).
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The platform's data folder for ziya-visual, or `ZIYA_VISUAL_DATA_DIR` when set.
 pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ZIYA_VISUAL_DATA_DIR") {
@@ -74,6 +109,8 @@ pub enum Thumb {
 pub struct Media {
     pub thumbs: HashMap<String, Thumb>,
     pub attachment_thumbs: HashMap<u64, TextureHandle>,
+    /// The image shown large (its hash), once decoded at that size.
+    pub large: Option<(String, Thumb)>,
 }
 
 /// Frame pacing while the app is busy (loading or answering): the UI must keep drawing.
@@ -211,9 +248,30 @@ impl ZiyaApp {
         &self.data_dir
     }
 
-    /// Files dropped on the window, images pasted, Esc to stop, Ctrl+Q to quit.
+    /// Files dropped on the window, images pasted (or files copied in a file manager), and the
+    /// keys that act anywhere: Esc (stop an answer, leave an edit or the image viewer), Ctrl+N,
+    /// Ctrl+Q.
     fn collect_input(&self, ctx: &egui::Context, intents: &mut Vec<Intent>) {
-        let (dropped, pasted, escape, quit) = ctx.input(|i| {
+        // Files copied in a file manager arrive as text (a text/uri-list); taken here, before
+        // the text box would insert the URIs.
+        let copied_files = ctx.input_mut(|i| {
+            let mut files = Vec::new();
+            i.events.retain(|e| match e {
+                egui::Event::Paste(text) => match pasted_files(text) {
+                    Some(paths) => {
+                        files.extend(paths);
+                        false
+                    }
+                    None => true,
+                },
+                _ => true,
+            });
+            files
+        });
+        if !copied_files.is_empty() {
+            intents.push(Intent::AddFiles(copied_files));
+        }
+        let (dropped, pasted, escape, new_chat, quit) = ctx.input(|i| {
             let dropped: Vec<PathBuf> = i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect();
             let pasted: Vec<Arc<egui::ColorImage>> = i
                 .events
@@ -223,14 +281,27 @@ impl ZiyaApp {
                     _ => None,
                 })
                 .collect();
-            (dropped, pasted, i.key_pressed(egui::Key::Escape), i.modifiers.command && i.key_pressed(egui::Key::Q))
+            (
+                dropped,
+                pasted,
+                i.key_pressed(egui::Key::Escape),
+                i.modifiers.command && i.key_pressed(egui::Key::N),
+                i.modifiers.command && i.key_pressed(egui::Key::Q),
+            )
         });
         if !dropped.is_empty() {
             intents.push(Intent::AddFiles(dropped));
         }
         intents.extend(pasted.into_iter().map(Intent::PasteImage));
-        if escape && self.state.is_busy() {
-            intents.push(Intent::Stop);
+        if escape {
+            if self.state.is_busy() {
+                intents.push(Intent::Stop);
+            } else if self.state.editing.is_some() {
+                intents.push(Intent::CancelEdit);
+            }
+        }
+        if new_chat {
+            intents.push(Intent::NewChat);
         }
         if quit {
             intents.push(Intent::Quit);
@@ -294,5 +365,22 @@ impl eframe::App for ZiyaApp {
         }
         self.engine.shutdown();
         self.write_frame_log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_copied_in_a_file_manager_are_recognised_in_pasted_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a cat.png");
+        std::fs::write(&a, b"x").unwrap();
+        let uri = format!("file://{}", a.display().to_string().replace(' ', "%20"));
+        assert_eq!(pasted_files(&format!("{uri}\r\n")), Some(vec![a.clone()]));
+        assert_eq!(pasted_files(&a.display().to_string()), Some(vec![a]));
+        assert_eq!(pasted_files("just some text"), None);
+        assert_eq!(pasted_files("file:///does/not/exist.png"), None);
     }
 }

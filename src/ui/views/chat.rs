@@ -13,35 +13,82 @@ use crate::ui::state::{AppState, Intent};
 const THUMB_IN_CHAT: f32 = 120.0;
 pub(super) const THUMB_IN_COMPOSER: f32 = 72.0;
 
-/// Draws thumbnails already asked for (a spinner while one is still being decoded).
-fn draw_thumbnails(ui: &mut Ui, state: &AppState, thumbs: &HashMap<String, Thumb>, hashes: &[String], size: f32) {
+/// Draws thumbnails already asked for (a spinner while one is still being decoded); a click on
+/// one shows it large.
+fn draw_thumbnails(
+    ui: &mut Ui,
+    state: &AppState,
+    thumbs: &HashMap<String, Thumb>,
+    hashes: &[String],
+    size: f32,
+    intents: &mut Vec<Intent>,
+) {
     if hashes.is_empty() {
         return;
     }
-    let tr = state.tr();
     ui.horizontal_wrapped(|ui| {
         for hash in hashes {
-            let name = state.session.images.get(hash).map(|i| i.name.as_str()).unwrap_or_default();
-            match thumbs.get(hash) {
-                Some(Thumb::Ready(tex)) => {
-                    let [w, h] = tex.size();
-                    let scale = size / w.max(h) as f32;
-                    ui.add(egui::Image::new((tex.id(), Vec2::new(w as f32 * scale, h as f32 * scale))))
-                        .on_hover_text(name);
-                }
-                Some(Thumb::Failed(why)) => {
-                    ui.label(
-                        RichText::new(format!("⚠ {}", fill(tr.image_missing, &[&name])))
-                            .color(Color32::from_rgb(230, 140, 20)),
-                    )
-                    .on_hover_text(why);
-                }
-                _ => {
-                    ui.add_sized([size, size * 0.75], egui::Spinner::new());
-                }
-            }
+            draw_thumbnail(ui, state, thumbs, hash, size, intents);
         }
     });
+}
+
+fn draw_thumbnail(
+    ui: &mut Ui,
+    state: &AppState,
+    thumbs: &HashMap<String, Thumb>,
+    hash: &str,
+    size: f32,
+    intents: &mut Vec<Intent>,
+) {
+    let tr = state.tr();
+    let name = state.session.images.get(hash).map(|i| i.name.as_str()).unwrap_or_default();
+    match thumbs.get(hash) {
+        Some(Thumb::Ready(tex)) => {
+            let [w, h] = tex.size();
+            let scale = size / w.max(h) as f32;
+            let image =
+                egui::Image::new((tex.id(), Vec2::new(w as f32 * scale, h as f32 * scale))).sense(egui::Sense::click());
+            if ui.add(image).on_hover_text(name).on_hover_cursor(egui::CursorIcon::ZoomIn).clicked() {
+                intents.push(Intent::ViewImage(Some(hash.to_string())));
+            }
+        }
+        Some(Thumb::Failed(why)) => {
+            ui.label(
+                RichText::new(format!("⚠ {}", fill(tr.image_missing, &[&name]))).color(Color32::from_rgb(230, 140, 20)),
+            )
+            .on_hover_text(why);
+        }
+        _ => {
+            ui.add_sized([size, size * 0.75], egui::Spinner::new());
+        }
+    }
+}
+
+/// The image being looked at, large, in a window of its own.
+pub(super) fn image_viewer(ctx: &egui::Context, state: &AppState, media: &Media, intents: &mut Vec<Intent>) {
+    let Some(hash) = &state.viewing else { return };
+    let name = state.session.images.get(hash).map(|i| i.name.clone()).unwrap_or_default();
+    let mut open = true;
+    egui::Window::new(name)
+        .id(egui::Id::unique("image-viewer"))
+        .collapsible(false)
+        .open(&mut open)
+        .default_size([820.0, 640.0])
+        .show(ctx, |ui| match media.large.as_ref().filter(|(h, _)| h == hash).map(|(_, t)| t) {
+            Some(Thumb::Ready(tex)) => {
+                ui.add(egui::Image::new(tex).max_size(ui.available_size()).maintain_aspect_ratio(true));
+            }
+            Some(Thumb::Failed(why)) => {
+                ui.label(why);
+            }
+            _ => {
+                ui.spinner();
+            }
+        });
+    if !open || ctx.input(|i| i.key_pressed(egui::Key::Escape)) {
+        intents.push(Intent::ViewImage(None));
+    }
 }
 
 fn bubble(ui: &mut Ui, user: bool, add: impl FnOnce(&mut Ui)) {
@@ -107,7 +154,7 @@ pub(super) fn chat(
                 bubble(ui, true, |ui| edit_box(ui, state, thumbs, intents));
             } else {
                 bubble(ui, true, |ui| {
-                    draw_thumbnails(ui, state, thumbs, &turn.images, THUMB_IN_CHAT);
+                    draw_thumbnails(ui, state, thumbs, &turn.images, THUMB_IN_CHAT, intents);
                     ui.label(displayable(&turn.query));
                     ui.horizontal(|ui| {
                         if ui.add_enabled(!busy, egui::Button::new(tr.edit).small()).clicked() {
@@ -126,7 +173,8 @@ pub(super) fn chat(
                 if turn.stats.as_ref().is_some_and(TurnStats::was_stopped) {
                     ui.label(RichText::new(tr.stopped).weak().italics());
                 }
-                ui.horizontal(|ui| {
+                // Wrapping: at the narrowest window nothing is cut off.
+                ui.horizontal_wrapped(|ui| {
                     if ui.button(tr.copy).clicked() {
                         intents.push(Intent::Copy(turn.answer.clone()));
                     }
@@ -157,7 +205,7 @@ pub(super) fn chat(
             let hashes: Vec<String> = p.images.iter().map(|i| i.hash.clone()).collect();
             let versions = state.session.children(p.parent).len();
             bubble(ui, true, |ui| {
-                draw_thumbnails(ui, state, thumbs, &hashes, THUMB_IN_CHAT);
+                draw_thumbnails(ui, state, thumbs, &hashes, THUMB_IN_CHAT, intents);
                 ui.label(displayable(&p.query));
                 if versions > 0 {
                     // The new version, as the switcher will show it once it is done.
@@ -195,12 +243,15 @@ fn hidden_turns_divider(ui: &mut Ui, text: &str) {
 fn edit_box(ui: &mut Ui, state: &AppState, thumbs: &HashMap<String, Thumb>, intents: &mut Vec<Intent>) {
     let tr = state.tr();
     let Some(edit) = &state.editing else { return };
+    // One wrapping row (however many images, none spills under the side panel).
     ui.horizontal_wrapped(|ui| {
         for (i, hash) in edit.images.iter().enumerate() {
-            draw_thumbnails(ui, state, thumbs, std::slice::from_ref(hash), super::chat::THUMB_IN_COMPOSER);
-            if ui.small_button("×").clicked() {
-                intents.push(Intent::RemoveEditImage(i));
-            }
+            ui.vertical(|ui| {
+                draw_thumbnail(ui, state, thumbs, hash, THUMB_IN_COMPOSER, intents);
+                if ui.small_button("×").clicked() {
+                    intents.push(Intent::RemoveEditImage(i));
+                }
+            });
         }
     });
     let mut text = edit.text.clone();

@@ -88,10 +88,10 @@ pub(super) fn composer(ui: &mut Ui, state: &AppState, media: &Media, intents: &m
     if send {
         intents.push(Intent::Send);
     }
-    // Say why Send is unavailable (only when there is something to say about a model or images).
-    if let Some(why) = blocker.filter(|b| *b != SendBlocker::Empty) {
-        ui.label(RichText::new(why.text(tr)).small().color(Color32::from_rgb(230, 140, 20)));
-    }
+    // Say why Send is unavailable (only when there is something to say about a model or images);
+    // the line is always there, so the composer does not jump when it appears.
+    let why = blocker.filter(|b| *b != SendBlocker::Empty).map_or("", |b| b.text(tr));
+    ui.label(RichText::new(why).small().color(Color32::from_rgb(230, 140, 20)));
     context_meter(ui, state);
     ui.add_space(4.0);
 }

@@ -40,6 +40,7 @@ pub fn show(
         });
     }
     egui::CentralPanel::default().show(ui, |ui| chat::chat(ui, state, media, markdown, intents));
+    chat::image_viewer(ui.ctx(), state, media, intents);
     file_dialog::file_dialog(ui.ctx(), state, intents);
     chrome::notices(ui.ctx(), state, intents);
     chrome::drop_overlay(ui.ctx(), state);

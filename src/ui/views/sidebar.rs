@@ -13,19 +13,26 @@ pub(super) fn sidebar(ui: &mut Ui, state: &AppState, intents: &mut Vec<Intent>) 
         ui.label(RichText::new(tr.no_conversations).weak());
         return;
     }
+    let mut filter = state.sidebar_filter.clone();
+    if ui.add(egui::TextEdit::singleline(&mut filter).hint_text(tr.search).desired_width(f32::INFINITY)).changed() {
+        intents.push(Intent::SetSidebarFilter(filter));
+    }
+    let needle = state.sidebar_filter.trim().to_lowercase();
+    let shown: Vec<&(String, crate::store::SessionEntry)> =
+        state.sessions.iter().filter(|(_, e)| needle.is_empty() || e.title.to_lowercase().contains(&needle)).collect();
+    if shown.is_empty() {
+        ui.label(RichText::new(tr.no_matches).weak());
+        return;
+    }
     let busy = state.is_busy();
     let row_height = 46.0;
     // Only the visible rows are laid out, so hundreds of conversations cost nothing per frame.
-    let count = state.sessions.len();
-    ScrollArea::vertical().auto_shrink([false, false]).show_rows(ui, row_height, count, |ui, range| {
-        for (id, entry) in &state.sessions[range] {
+    ScrollArea::vertical().auto_shrink([false, false]).show_rows(ui, row_height, shown.len(), |ui, range| {
+        for (id, entry) in shown[range].iter().copied() {
             let selected = state.session_id.as_deref() == Some(id.as_str());
             let title = if entry.problem.is_some() { format!("⚠ {}", entry.title) } else { entry.title.clone() };
-            let subtitle = format!(
-                "{} · {}",
-                crate::export::format_date(entry.updated_at),
-                fill(tr.images_count, &[&entry.image_count])
-            );
+            let count = if entry.image_count == 1 { tr.image_count_one } else { tr.images_count };
+            let subtitle = format!("{} · {}", local_time(entry.updated_at), fill(count, &[&entry.image_count]));
             ui.allocate_ui(Vec2::new(ui.available_width(), row_height), |ui| {
                 ui.vertical(|ui| {
                     if let Some((rid, text)) = state.renaming.as_ref().filter(|(rid, _)| rid == id) {
@@ -71,4 +78,13 @@ pub(super) fn sidebar(ui: &mut Ui, state: &AppState, intents: &mut Vec<Intent>) 
             });
         }
     });
+}
+
+/// A unix time in the system's time zone, as the sidebar shows it.
+fn local_time(unix: u64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_opt(unix as i64, 0) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => t.format("%Y-%m-%d %H:%M").to_string(),
+        chrono::LocalResult::None => crate::export::format_date(unix),
+    }
 }
