@@ -185,6 +185,11 @@ impl Pipeline {
         let mut stream = StreamDecoder::new();
         let mut stop = StopReason::MaxTokens;
         loop {
+            // Ids the tokenizer cannot turn into text are never chosen (a random benchmark model
+            // has a larger vocabulary than the tokenizer it borrows; Ziya's are the same size).
+            if let Some(unknown) = logits.get_mut(self.tokenizer.vocab_size()..) {
+                unknown.fill(f32::NEG_INFINITY);
+            }
             let id = sampler.sample(&mut logits, stream.ids());
             if !params.ignore_eos && eos.contains(&id) {
                 stop = StopReason::Eos;
