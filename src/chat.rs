@@ -254,6 +254,38 @@ pub fn context_window(
     Ok(Ok(window))
 }
 
+/// The first turn the model saw for each answered turn of a conversation that arrives without
+/// them (an OpenAI client resends the whole history as plain messages), worked out by replaying
+/// the rule of [`context_window`]: for each answered turn k in order, `turns[k].context_start`
+/// becomes the start `context_window` gives when answering turn k (its answer set aside) after
+/// the starts already replayed, with `max_new` positions reserved. A turn that could not have
+/// been answered even alone starts at itself. The last turn, if unanswered, is left as it is.
+///
+/// With the same `max_new` on every request (a client's usual setting), each request's window is
+/// the one the previous request answered from, extended or trimmed by the rule, so the KV-cache
+/// prefix is reused between turns as in the app. Where the turns were really answered with other
+/// settings, the replayed windows may differ from the ones recorded at the time: the app and
+/// `ask` keep using the recorded starts.
+pub fn replay_context_starts(
+    template: &ChatTemplate,
+    tokenizer: &ChatTokenizer,
+    turns: &mut [ChatTurn],
+    query_tokens: usize,
+    context: usize,
+    max_new: usize,
+) -> Result<()> {
+    for k in 0..turns.len() {
+        let Some(answer) = turns[k].answer.take() else { continue };
+        let window = context_window(template, tokenizer, &turns[..=k], query_tokens, context, max_new);
+        turns[k].answer = Some(answer);
+        turns[k].context_start = match window? {
+            Ok(w) => w.start,
+            Err(_) => k,
+        };
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +316,58 @@ mod tests {
                 Segment::Text("<human>:q3\n<bot>:".into()),
             ]
         );
+    }
+
+    /// The twelve-turn story of the reference fixtures (answered on trimmed windows by
+    /// tests/fixtures/make_fixtures.py's independent implementation of the rule): replaying the
+    /// rule over the plain history finds the starts the story was answered from.
+    #[test]
+    fn replayed_starts_equal_the_reference_story() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let cfg: VisionRepoConfig =
+            crate::model::config::read_json(&root.join("assets/tiny-ziya/vision/config.json")).unwrap();
+        let tokenizer = ChatTokenizer::from_dir(&root.join("assets/tiny-ziya/llm")).unwrap();
+        let text = std::fs::read_to_string(root.join("tests/fixtures/reference/cases.json")).unwrap();
+        let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let story = &cases["long_story"];
+        let (context, max_new) = (story["context"].as_u64().unwrap(), story["max_new_tokens"].as_u64().unwrap());
+        let reference = story["turns"].as_array().unwrap();
+        let mut turns: Vec<ChatTurn> = reference
+            .iter()
+            .map(|t| {
+                let images = t["images"].as_array().unwrap().iter().map(|n| img(n.as_str().unwrap())).collect();
+                ChatTurn {
+                    answer: Some(t["text"].as_str().unwrap().into()),
+                    // Whatever a client's history carries, it is not trusted.
+                    context_start: 99,
+                    ..ChatTurn::question(t["query"].as_str().unwrap(), images)
+                }
+            })
+            .collect();
+        turns.push(ChatTurn::question("next", vec![]));
+        let t = ChatTemplate::from_config(&cfg);
+        replay_context_starts(&t, &tokenizer, &mut turns, cfg.num_query_tokens, context as usize, max_new as usize)
+            .unwrap();
+        let got: Vec<usize> = turns[..reference.len()].iter().map(|t| t.context_start).collect();
+        let want: Vec<usize> = reference.iter().map(|t| t["context_start"].as_u64().unwrap() as usize).collect();
+        assert_eq!(got, want);
+        assert!(want.iter().any(|&s| s > 0), "the story is trimmed");
+        assert_eq!(turns.last().unwrap().context_start, 0, "the question is left alone");
+
+        // A turn too long to have been answered at all starts at itself.
+        let mut turns = vec![
+            ChatTurn { answer: Some("a".into()), ..ChatTurn::question("x ".repeat(1000), vec![]) },
+            ChatTurn::question("q", vec![]),
+        ];
+        replay_context_starts(&t, &tokenizer, &mut turns, 32, context as usize, max_new as usize).unwrap();
+        assert_eq!(turns[0].context_start, 0);
+        let mut turns = vec![
+            ChatTurn { answer: Some("a".into()), ..ChatTurn::question("q0", vec![]) },
+            ChatTurn { answer: Some("b".into()), ..ChatTurn::question("x ".repeat(1000), vec![]) },
+            ChatTurn::question("q", vec![]),
+        ];
+        replay_context_starts(&t, &tokenizer, &mut turns, 32, context as usize, max_new as usize).unwrap();
+        assert_eq!((turns[0].context_start, turns[1].context_start), (0, 1));
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub enum Command {
         turns: Vec<ChatTurn>,
         params: SamplingParams,
     },
+    /// As `Generate`, for a conversation whose answered turns carry no recorded windows (the
+    /// server gets plain message histories): their `context_start`s are first replayed by the
+    /// long-story rule (`chat::replay_context_starts`, with `params.max_new_tokens`). The window
+    /// and `ask` send `Generate` with the starts they recorded.
+    GenerateReplayed {
+        id: RequestId,
+        turns: Vec<ChatTurn>,
+        params: SamplingParams,
+    },
     Cancel {
         id: RequestId,
     },
@@ -343,7 +352,8 @@ impl Worker {
                 Command::LoadFiles { files, prompt, context } => {
                     self.load(files.choice.clone(), Some(*files), Some((prompt, context)))
                 }
-                Command::Generate { id, turns, params } => self.generate(id, &turns, &params),
+                Command::Generate { id, turns, params } => self.generate(id, turns, &params, false),
+                Command::GenerateReplayed { id, turns, params } => self.generate(id, turns, &params, true),
                 #[cfg(test)]
                 Command::Panic { id } => self.guarded(id, |_, _| panic!("injected fault")),
             }
@@ -460,13 +470,17 @@ impl Worker {
         self.emit(Event::Measured(measured));
     }
 
-    fn generate(&mut self, id: RequestId, turns: &[ChatTurn], params: &SamplingParams) {
+    /// Answers `turns`, first replaying the answered turns' windows when `replay` is set.
+    fn generate(&mut self, id: RequestId, mut turns: Vec<ChatTurn>, params: &SamplingParams, replay: bool) {
         if self.cancelled.remove(&id) {
             self.emit(Event::Finished { id, generation: Generation::cancelled_before_start() });
             return;
         }
         self.guarded(id, |worker, pipeline| {
-            pipeline.generate(turns, params, &mut |text| {
+            if replay {
+                pipeline.replay_context_starts(&mut turns, params.max_new_tokens)?;
+            }
+            pipeline.generate(&turns, params, &mut |text| {
                 if !text.is_empty() {
                     worker.emit(Event::Token { id, text: text.to_string() });
                 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::chat::{context_window, ChatTemplate, ChatTurn, Prompt, PromptItem, PromptPiece, TooLong, Window};
+use crate::chat::{
+    context_window, replay_context_starts, ChatTemplate, ChatTurn, Prompt, PromptItem, PromptPiece, TooLong, Window,
+};
 use crate::error::{Error, Result};
 use crate::generation::{Generation, StopReason, Timings};
 use crate::model::files::LoadedModel;
@@ -111,6 +113,13 @@ impl Pipeline {
     /// reserved (for the context meter); nothing is computed but the layout.
     pub fn measure(&self, turns: &[ChatTurn], max_new: usize) -> Result<std::result::Result<Window, TooLong>> {
         context_window(&self.template, &self.tokenizer, turns, self.query_tokens(), self.context_length(), max_new)
+    }
+
+    /// Sets the `context_start` of each answered turn as the long-story rule would have when
+    /// answering it with `max_new` positions reserved (for histories that arrive without them).
+    pub fn replay_context_starts(&self, turns: &mut [ChatTurn], max_new: usize) -> Result<()> {
+        let (q, context) = (self.query_tokens(), self.context_length());
+        replay_context_starts(&self.template, &self.tokenizer, turns, q, context, max_new)
     }
 
     /// Forgets the cached prompt (keys and values); image embeddings stay.
