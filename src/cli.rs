@@ -1,6 +1,6 @@
 //! Command-line interface. `ziya-visual` alone opens the window; `ziya-visual ask …` answers one
 //! question headlessly (tests, benchmarks and scripts drive it; its contract is fixed) through
-//! the same engine the window uses.
+//! the same engine the window uses; `ziya-visual serve …` answers the OpenAI API (`server/`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,9 @@ pub struct Cli {
 pub enum Command {
     /// Answer one question about zero or more images, printing the answer as it is generated.
     Ask(Box<AskArgs>),
+    /// Serve the OpenAI chat-completions API (POST /v1/chat/completions, GET /v1/models) on
+    /// this machine, for chat UIs, scripts and editors.
+    Serve(Box<ServeArgs>),
     /// Export a saved conversation as one self-contained HTML file or a Markdown folder.
     Export {
         /// The session file.
@@ -241,6 +244,34 @@ pub struct AskArgs {
     pub query: String,
 }
 
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// The address to listen on: loopback unless another is given (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port (0 picks a free one; the `listening on` line on stderr names it).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 requests (default: $ZIYA_VISUAL_API_KEY, which
+    /// keeps the key out of the process list).
+    #[arg(long)]
+    pub api_key: Option<String>,
+}
+
+impl ServeArgs {
+    fn options(&self) -> crate::server::ServeOptions {
+        let env_key = || std::env::var("ZIYA_VISUAL_API_KEY").ok().filter(|k| !k.is_empty());
+        crate::server::ServeOptions {
+            model: self.model.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            api_key: self.api_key.clone().or_else(env_key),
+        }
+    }
+}
+
 impl AskArgs {
     fn sampling(&self) -> SamplingParams {
         SamplingParams {
@@ -296,6 +327,7 @@ pub fn read_image_file(path: &Path) -> Result<ImageData> {
 pub fn run(command: &Command) -> Result<()> {
     match command {
         Command::Ask(args) => run_ask(args),
+        Command::Serve(args) => crate::server::serve(args.options()),
         Command::Export { session, html, markdown } => run_export(session, html.as_deref(), markdown.as_deref()),
         Command::Quantize { llm, quant, out } => run_quantize(llm, *quant, out),
         Command::MergeDelta { base, delta, out } => run_merge_delta(base, delta, out),

@@ -8,7 +8,7 @@
 //! - `chat` (the prompt layout), `inference` (answering a conversation), `engine` (the thread
 //!   that owns the model; one handle serves the window, `ask` and the server);
 //! - `session/`, `store`, `export`: conversations on disk;
-//! - front ends: `cli`, `ui/`.
+//! - front ends: `cli`, `ui/`, `server/` (the OpenAI-compatible endpoint).
 
 pub mod assets;
 pub mod chat;
@@ -24,6 +24,7 @@ pub mod inference;
 pub mod model;
 pub mod preprocess;
 pub mod sampling;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod tokenizer;

@@ -6,7 +6,8 @@
 //! - `app_ui`, `app_sessions`, `app_details`: the window with the real engine, through
 //!   egui_kittest;
 //! - `long_story`: the oldest turns leave the context by a fixed rule, as the reference does;
-//! - `interrupted_save`: a save killed halfway leaves the previous file intact.
+//! - `interrupted_save`: a save killed halfway leaves the previous file intact;
+//! - `server`: `ziya-visual serve`, the OpenAI-compatible endpoint, over HTTP.
 
 mod common;
 
@@ -21,3 +22,4 @@ mod long_story;
 mod parity;
 mod precision;
 mod preprocess_parity;
+mod server;
