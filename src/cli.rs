@@ -88,6 +88,10 @@ pub enum Command {
         #[arg(long)]
         context: Option<usize>,
     },
+    /// Time the LLM alone (prefill, per-token decode, output head) and print one JSON line
+    /// (scripts/bench-vs-llamacpp.sh runs it beside llama.cpp's llama-bench).
+    #[command(hide = true)]
+    BenchLlm(crate::llm_bench::LlmBenchArgs),
     /// Write a random-weight checkpoint pair in the real layout (benchmarks, memory checks).
     #[command(hide = true)]
     MakeRandomModel {
@@ -156,15 +160,15 @@ impl ModelFlags {
     }
 }
 
-fn parse_device(s: &str) -> std::result::Result<DeviceKind, String> {
+pub(crate) fn parse_device(s: &str) -> std::result::Result<DeviceKind, String> {
     DeviceKind::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+pub(crate) fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
     Precision::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
+pub(crate) fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
     Quant::parse(s).ok_or_else(|| format!("unknown quantization `{s}` (expected q8_0, q6k or q4k)"))
 }
 
@@ -332,6 +336,7 @@ pub fn run(command: &Command) -> Result<()> {
         Command::Quantize { llm, quant, out } => run_quantize(llm, *quant, out),
         Command::MergeDelta { base, delta, out } => run_merge_delta(base, delta, out),
         Command::Plan { model, prompt, context } => run_plan(model, *prompt, *context),
+        Command::BenchLlm(args) => crate::llm_bench::run(args),
         Command::MakeRandomModel { preset, out, seed } => {
             crate::model::random::write(out, *preset, *seed).map(|(v, l)| {
                 println!("{}\n{}", v.display(), l.display());

@@ -21,6 +21,7 @@ pub mod export;
 pub mod fs;
 pub mod generation;
 pub mod inference;
+pub mod llm_bench;
 pub mod model;
 pub mod preprocess;
 pub mod sampling;

@@ -1,0 +1,278 @@
+//! `ziya-visual bench-llm`: times the LLM alone — prefill of a prompt, per-token decode and the
+//! output head — and prints one JSON line. It loads nothing but the LLM (no image, no tokenizer),
+//! so it measures what llama.cpp's `llama-bench` measures (`-p N` and `-n N` from an empty cache):
+//! `scripts/bench-vs-llamacpp.sh` runs the two side by side.
+//!
+//! Self-contained on purpose: it uses only the model layer (`Llama`, `KvCache`, `Checkpoint`,
+//! `Weights`, `Linear`) so it can be wired into any CLI.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Module, Tensor};
+use serde::Serialize;
+
+use crate::device::{device_name, dtype_name, DeviceKind, Placement, Precision};
+use crate::error::{Error, Result};
+use crate::model::layers::{Linear, Quant};
+use crate::model::llama::{KvCache, Llama};
+use crate::model::read_llm_config;
+use crate::model::weights::{Checkpoint, LoadCounter, Weights};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LlmBenchArgs {
+    /// The LLM folder (HF layout) or a `.gguf` written by `ziya-visual quantize`.
+    #[arg(long)]
+    pub llm_model: PathBuf,
+    /// Precision of activations and unquantized weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = crate::cli::parse_precision)]
+    pub dtype: Precision,
+    /// Quantize the linear layers while loading (a quantized GGUF carries its own format).
+    #[arg(long, value_parser = crate::cli::parse_quant)]
+    pub quant: Option<Quant>,
+    #[arg(long, default_value = "cpu", value_parser = crate::cli::parse_device)]
+    pub device: DeviceKind,
+    /// Prompt length to prefill from an empty cache (0 skips the prefill measurement).
+    #[arg(long, default_value_t = 512)]
+    pub prompt: usize,
+    /// Tokens to decode one at a time from an empty cache (as `llama-bench -n`).
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Products of the output head alone to time (0 skips it; the head is loaded a second time).
+    #[arg(long, default_value_t = 20)]
+    pub head_reps: usize,
+    /// Compute threads (sets RAYON_NUM_THREADS before anything runs); the environment's by default.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also measure the read-bandwidth roof: the best of 3 sums of a 1 GiB buffer with `threads`
+    /// threads, in GB/s.
+    #[arg(long)]
+    pub roof: bool,
+    /// Only measure the roof (no model is loaded; --llm-model is ignored).
+    #[arg(long)]
+    pub roof_only: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LlmBenchReport {
+    pub model: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub device: String,
+    pub dtype: String,
+    pub quant: Option<String>,
+    pub threads: usize,
+    pub load_s: f64,
+    pub prefill_tokens: usize,
+    pub prefill_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens: usize,
+    pub decode_s: f64,
+    pub ms_per_token: f64,
+    /// The median of the per-token times (less sensitive to other work on the machine).
+    pub ms_per_token_median: f64,
+    /// Median time of one output-head product (final hidden state → vocabulary logits).
+    pub head_ms: Option<f64>,
+    /// Bytes of weights one decode step reads (every layer and the head).
+    pub weight_bytes_per_token: u64,
+    pub head_bytes: Option<u64>,
+    pub read_gbps: Option<f64>,
+}
+
+/// Deterministic token ids in `[3, vocab)` (no special tokens), so runs are repeatable.
+fn token_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed | 1;
+    let span = vocab.saturating_sub(3).max(1) as u64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (3 + (s >> 11) % span) as u32
+        })
+        .collect()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    crate::sampling::argmax(logits).unwrap_or(0) as u32
+}
+
+/// Read bandwidth in GB/s: the best of 3 sums of a 1 GiB buffer split over `threads` threads.
+/// Integer lanes with a wrapping sum vectorise (a float fold is one dependent add per element
+/// and measures add latency, not memory: about 4 GB/s per core whatever the memory does).
+pub fn read_bandwidth_gbps(threads: usize) -> f64 {
+    let n = 1usize << 27; // 1 GiB of u64
+    let data: Vec<u64> = (0..n as u64).map(|i| i % 7).collect();
+    let threads = threads.max(1);
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = data
+                .chunks(n.div_ceil(threads))
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &b| a.wrapping_add(b))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.max((n * 8) as f64 / t.elapsed().as_secs_f64());
+    }
+    best / 1e9
+}
+
+pub fn run(args: &LlmBenchArgs) -> Result<()> {
+    if let Some(t) = args.threads {
+        // Before the first parallel kernel: rayon and candle read it when their pools start.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let read_gbps = (args.roof || args.roof_only).then(|| read_bandwidth_gbps(threads));
+    let report = if args.roof_only {
+        LlmBenchReport { threads, read_gbps, ..Default::default() }
+    } else {
+        LlmBenchReport { read_gbps, ..measure(args, threads)? }
+    };
+    println!("{}", serde_json::to_string(&report).map_err(|e| Error::Request(e.to_string()))?);
+    Ok(())
+}
+
+fn measure(args: &LlmBenchArgs, threads: usize) -> Result<LlmBenchReport> {
+    let place = Placement::resolve(args.device, args.dtype);
+    for note in &place.notes {
+        eprintln!("note: {note}");
+    }
+    let (device, dtype) = (place.device.clone(), place.dtype);
+
+    // Loading, as ZiyaVisual::load builds its LLM.
+    let t = Instant::now();
+    let cfg = read_llm_config(&args.llm_model)?;
+    let ckpt = Arc::new(Checkpoint::open(&args.llm_model, Arc::new(LoadCounter::default()))?);
+    let w = Weights::new(ckpt, dtype, &device);
+    let llm = Llama::load(&w, &cfg, args.quant)?;
+    let load_s = t.elapsed().as_secs_f64();
+    if args.prompt + 1 > cfg.max_position_embeddings || args.tokens > cfg.max_position_embeddings {
+        return Err(Error::Request(format!("the model's context is {} positions", cfg.max_position_embeddings)));
+    }
+
+    // One warm-up step (first-touch allocations, thread pools), as llama-bench warms up.
+    llm.forward(&llm.embed(&token_ids(1, cfg.vocab_size, 7))?, &mut KvCache::new())?;
+
+    // Prefill: the whole prompt in one forward from an empty cache.
+    let (mut prefill_s, mut first) = (0.0, 3u32);
+    if args.prompt > 0 {
+        let ids = token_ids(args.prompt, cfg.vocab_size, 1);
+        let mut cache = KvCache::new();
+        let t = Instant::now();
+        let logits = llm.forward(&llm.embed(&ids)?, &mut cache)?;
+        prefill_s = t.elapsed().as_secs_f64();
+        first = argmax(&logits);
+    }
+
+    // Decode: one token at a time from an empty cache, greedy, each step ending with its logits
+    // on the host.
+    let mut cache = KvCache::new();
+    let mut per_token = Vec::with_capacity(args.tokens);
+    let mut next = first.max(3);
+    let t = Instant::now();
+    for _ in 0..args.tokens {
+        let step = Instant::now();
+        let logits = llm.forward(&llm.embed(&[next])?, &mut cache)?;
+        next = argmax(&logits).max(3);
+        per_token.push(step.elapsed().as_secs_f64() * 1e3);
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+
+    // The output head alone: the Llama API does not expose its head, so load the same tensor a
+    // second time, in the same format (quantized when the layers are), and time its product.
+    let (mut head_ms, mut head_bytes) = (None, None);
+    if args.head_reps > 0 && w.contains("lm_head.weight") {
+        let head = Linear::load_quantized(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, args.quant)?;
+        head_bytes = Some(head.weight_bytes());
+        let x = Tensor::randn(0f32, 1.0, (1, 1, cfg.hidden_size), &candle_core::Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(&device)?;
+        head.forward(&x)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut times = Vec::with_capacity(args.head_reps);
+        for _ in 0..args.head_reps {
+            let t = Instant::now();
+            let y = head.forward(&x)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            std::hint::black_box(y);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        head_ms = Some(median(&mut times));
+    }
+
+    let ms_per_token = if args.tokens > 0 { decode_s * 1e3 / args.tokens as f64 } else { 0.0 };
+    Ok(LlmBenchReport {
+        model: args.llm_model.display().to_string(),
+        layers: cfg.num_hidden_layers,
+        hidden: cfg.hidden_size,
+        vocab: cfg.vocab_size,
+        device: device_name(&device).into(),
+        dtype: dtype_name(dtype).into(),
+        quant: llm.quant().map(|q| q.name().to_string()),
+        threads,
+        load_s,
+        prefill_tokens: args.prompt,
+        prefill_s,
+        prefill_tokens_per_s: if prefill_s > 0.0 { args.prompt as f64 / prefill_s } else { 0.0 },
+        decode_tokens: args.tokens,
+        decode_s,
+        ms_per_token,
+        ms_per_token_median: median(&mut per_token),
+        head_ms,
+        weight_bytes_per_token: llm.weight_bytes_per_token(),
+        head_bytes,
+        read_gbps: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids_are_repeatable_and_skip_special_tokens() {
+        let a = token_ids(100, 1000, 1);
+        assert_eq!(a, token_ids(100, 1000, 1));
+        assert!(a.iter().all(|&id| (3..1000).contains(&id)));
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn measures_the_tiny_fixture() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-ziya/llm");
+        let args = LlmBenchArgs {
+            llm_model: dir,
+            dtype: Precision::F32,
+            quant: None,
+            device: DeviceKind::Cpu,
+            prompt: 8,
+            tokens: 4,
+            head_reps: 2,
+            threads: None,
+            roof: false,
+            roof_only: false,
+        };
+        let r = measure(&args, 1).unwrap();
+        assert_eq!((r.layers, r.decode_tokens, r.prefill_tokens), (3, 4, 8));
+        assert!(r.decode_s > 0.0 && r.prefill_s > 0.0 && r.head_ms.is_some());
+        assert!(r.weight_bytes_per_token > r.head_bytes.unwrap());
+    }
+}
