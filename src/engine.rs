@@ -207,6 +207,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn spawn(waker: Waker) -> Self {
+        Self::spawn_with(waker, None)
+    }
+
+    /// An engine that plans as if at most `memory_limit` bytes were free (tests of refusals,
+    /// like `ZIYA_VISUAL_MEMORY_LIMIT` but for this engine only).
+    pub fn spawn_with(waker: Waker, memory_limit: Option<u64>) -> Self {
         let (tx, cmd_rx) = crossbeam_channel::unbounded();
         let (ev_tx, rx) = crossbeam_channel::unbounded();
         let load_counter = Arc::new(std::sync::Mutex::new(Arc::new(LoadCounter::default())));
@@ -223,6 +229,7 @@ impl Engine {
                     queue: VecDeque::new(),
                     cancelled: HashSet::new(),
                     shutting_down: false,
+                    memory_limit,
                 }
                 .run()
             })
@@ -288,6 +295,7 @@ struct Worker {
     /// Requests cancelled before they started.
     cancelled: HashSet<RequestId>,
     shutting_down: bool,
+    memory_limit: Option<u64>,
 }
 
 /// A panic's message, for the Failed event that reports it.
@@ -384,7 +392,10 @@ impl Worker {
                 (crate::model::plan::PREFILL_CHUNK.min(c), c)
             });
             let plan = files.plan(&place, prompt, context);
-            let free = crate::model::plan::available_bytes(&place.device);
+            let free = match (crate::model::plan::available_bytes(&place.device), self.memory_limit) {
+                (Some(f), Some(l)) => Some(f.min(l)),
+                (f, l) => f.or(l),
+            };
             // Free memory does not count what the current model gives back when it goes.
             let old = self.loaded.as_ref().map_or(0, |l| l.summary.planned_bytes);
             let beside = free.is_none_or(|f| plan.total <= f);

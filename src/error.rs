@@ -20,6 +20,9 @@ pub enum Error {
     /// A question that cannot fit in the model's context even alone.
     #[error("{0}")]
     TooLong(TooLong),
+    /// A model that does not fit in free memory (with the choices that would).
+    #[error("{0}")]
+    DoesNotFit(Box<NoFit>),
     /// A request that cannot be served as asked (unknown device, bad settings, ...).
     #[error("{0}")]
     Request(String),
@@ -63,6 +66,48 @@ impl std::fmt::Display for TooLong {
     }
 }
 
+/// A choice that fits in free memory: the precision and quantization, and what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FitOption {
+    pub dtype: candle_core::DType,
+    pub quant: Option<crate::quant::Quant>,
+    pub total: u64,
+}
+
+/// A model that does not fit in free memory: what it needs (and where that goes, worded for the
+/// command line), what is free, and the choices that would fit (best quality first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoFit {
+    pub needed: u64,
+    pub free: u64,
+    /// "weights … vision + … LLM, KV cache … for … positions, …".
+    pub breakdown: String,
+    pub fits: Vec<FitOption>,
+}
+
+/// Bytes as the messages show them: `21.73 GB`.
+pub fn gb(b: u64) -> String {
+    format!("{:.2} GB", b as f64 / 1e9)
+}
+
+impl std::fmt::Display for NoFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model needs about {} ({}) but only {} is free", gb(self.needed), self.breakdown, gb(self.free))?;
+        match self.fits.first() {
+            Some(o) => {
+                let dtype = match o.dtype {
+                    candle_core::DType::F16 => " --dtype f16",
+                    candle_core::DType::BF16 => " --dtype bf16",
+                    _ => "",
+                };
+                let quant = o.quant.map(|q| format!(" --quant {}", q.name())).unwrap_or_default();
+                write!(f, "; with{dtype}{quant} it needs about {}", gb(o.total))
+            }
+            None => f.write_str("; no quantization makes it fit"),
+        }
+    }
+}
+
 /// An error as data that outlives it (cloneable, comparable): what the engine reports and what
 /// a front end words in its own language. `detail` is the underlying cause as it came (from
 /// the file system, a decoder, candle), shown as is.
@@ -96,6 +141,7 @@ pub enum Problem {
         detail: String,
     },
     TooLong(TooLong),
+    DoesNotFit(Box<NoFit>),
     Cancelled,
     /// Anything else, worded by whoever raised it.
     Other(String),
@@ -111,6 +157,7 @@ impl From<&Error> for Problem {
             Error::Image { name, msg } => Problem::Image { name: name.clone(), detail: msg.clone() },
             Error::Session { path, msg } => Problem::Session { path: path.clone(), detail: msg.clone() },
             Error::TooLong(t) => Problem::TooLong(*t),
+            Error::DoesNotFit(n) => Problem::DoesNotFit(n.clone()),
             Error::Cancelled => Problem::Cancelled,
             Error::Request(_) | Error::Candle(_) => Problem::Other(e.to_string()),
         }

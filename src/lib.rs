@@ -2,7 +2,8 @@
 //! Q-Former + projection feeding Ziya-LLaMA), natively, with streaming answers.
 //!
 //! Layers point one way, from the bottom:
-//! - leaves: `error`, `fs`, `assets`, `generation`, `sampling`, `preprocess`, `tokenizer`, `device`;
+//! - leaves: `error`, `fs`, `assets`, `generation`, `sampling`, `preprocess`, `tokenizer`, `device`,
+//!   `quant`;
 //! - `model/`: the networks, checkpoints, the memory planner and the model choice (knows
 //!   nothing of sessions, files of the app, the CLI or the window);
 //! - `chat` (the prompt layout), `inference` (answering a conversation), `engine` (the thread
@@ -24,6 +25,7 @@ pub mod inference;
 pub mod llm_bench;
 pub mod model;
 pub mod preprocess;
+pub mod quant;
 pub mod sampling;
 pub mod server;
 pub mod session;

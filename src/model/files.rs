@@ -153,7 +153,7 @@ impl ModelFiles {
     ) -> Result<Plan> {
         let request = self.request(self.choice.quant, place.dtype, place.device.is_cpu(), prompt, context);
         let plan = plan::estimate(&request);
-        plan::check_fits(&plan, available, &request).map_err(Error::Request)?;
+        plan::check_fits(&plan, available, &request).map_err(|n| Error::DoesNotFit(Box::new(n)))?;
         Ok(plan)
     }
 

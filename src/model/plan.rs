@@ -11,6 +11,7 @@ use super::config::{LlamaConfig, VisionRepoConfig};
 use super::layers::Quant;
 use super::llama::CACHE_STEP;
 use super::shapes::{llm_tensors, projection_tensors, vision_tensors};
+use crate::error::{FitOption, NoFit};
 
 /// What the program itself takes besides the model (code, tokenizer, allocator, an image):
 /// `ask` on the tiny checkpoint peaks at 29 MB; 64 MB leaves room for allocator slack, which on
@@ -278,17 +279,30 @@ pub fn gib(b: u64) -> String {
     format!("{:.2} GB", b as f64 / 1e9)
 }
 
-/// Checks a plan against free memory. When it does not fit, the error says how much is needed
-/// and free, and which quantization (best quality first) would fit.
-pub fn check_fits(plan: &Plan, available: Option<u64>, r: &PlanRequest<'_>) -> Result<(), String> {
+/// Checks a plan against free memory. When it does not fit, the refusal carries the numbers
+/// and every smaller choice that would fit: the same precision with a stronger quantization,
+/// then (from f32) half precision with each.
+pub fn check_fits(plan: &Plan, available: Option<u64>, r: &PlanRequest<'_>) -> Result<(), NoFit> {
     let Some(free) = available else { return Ok(()) };
     if std::env::var_os("ZIYA_VISUAL_SKIP_MEMORY_CHECK").is_some() || plan.total <= free {
         return Ok(());
     }
-    let mut msg = format!(
-        "the model needs about {} (weights {} vision + {} LLM, KV cache {} for {} positions, activations {}, \
-         repacked weights {}, loading {}, program {}) but only {} is free",
-        gib(plan.total),
+    let smaller_quant = |q: Quant| r.quant.is_none_or(|cur| q.bytes(1 << 20) < cur.bytes(1 << 20));
+    let mut candidates: Vec<(DType, Option<Quant>)> =
+        Quant::ALL.into_iter().filter(|q| smaller_quant(*q)).map(|q| (r.dtype, Some(q))).collect();
+    if r.dtype == DType::F32 {
+        candidates.push((DType::F16, r.quant));
+        candidates.extend(Quant::ALL.into_iter().filter(|q| smaller_quant(*q)).map(|q| (DType::F16, Some(q))));
+    }
+    let mut fits: Vec<FitOption> = candidates
+        .into_iter()
+        .map(|(dtype, quant)| FitOption { dtype, quant, total: estimate(&PlanRequest { dtype, quant, ..*r }).total })
+        .filter(|o| o.total <= free)
+        .collect();
+    fits.dedup_by_key(|o| (o.dtype, o.quant));
+    let breakdown = format!(
+        "weights {} vision + {} LLM, KV cache {} for {} positions, activations {}, repacked weights {}, loading {}, \
+         program {}",
         gib(plan.vision_weights),
         gib(plan.llm_weights),
         gib(plan.kv_cache),
@@ -296,23 +310,9 @@ pub fn check_fits(plan: &Plan, available: Option<u64>, r: &PlanRequest<'_>) -> R
         gib(plan.activations),
         gib(plan.repacked),
         gib(plan.loading),
-        gib(plan.runtime),
-        gib(free)
+        gib(plan.runtime)
     );
-    let better = [Quant::Q8_0, Quant::Q6K, Quant::Q4K]
-        .into_iter()
-        .filter(|q| r.quant.is_none_or(|cur| q.bytes(1 << 20) < cur.bytes(1 << 20)))
-        .map(|q| (q, estimate(&PlanRequest { quant: Some(q), ..*r })))
-        .find(|(_, p)| p.total <= free);
-    match better {
-        Some((q, p)) => msg.push_str(&format!("; with --quant {} it needs about {}", q.name(), gib(p.total))),
-        None if r.dtype == DType::F32 => {
-            let p = estimate(&PlanRequest { dtype: DType::F16, quant: Some(Quant::Q4K), ..*r });
-            msg.push_str(&format!("; even f16 with --quant q4k needs about {}", gib(p.total)))
-        }
-        None => msg.push_str("; no quantization makes it fit"),
-    }
-    Err(msg)
+    Err(NoFit { needed: plan.total, free, breakdown, fits })
 }
 
 impl Clone for PlanRequest<'_> {
@@ -385,11 +385,37 @@ mod tests {
         let p = estimate(&r);
         // f16 Ziya-13B needs ~30 GB at full context; q4k brings it to ~12 GB (f16 vision tower,
         // f16 KV cache for 2048 positions).
-        let err = check_fits(&p, Some(12_500_000_000), &r).unwrap_err();
+        let err = check_fits(&p, Some(12_500_000_000), &r).unwrap_err().to_string();
         assert!(err.contains("only 12.50 GB is free") && err.contains("--quant q4k"), "{err}");
-        let err = check_fits(&p, Some(8_000_000_000), &r).unwrap_err();
+        let err = check_fits(&p, Some(8_000_000_000), &r).unwrap_err().to_string();
         assert!(err.contains("no quantization makes it fit"), "{err}");
         assert!(check_fits(&p, Some(p.total + 1), &r).is_ok());
+    }
+
+    #[test]
+    fn every_choice_offered_fits_and_f32_is_offered_half_precision_too() {
+        // The refusal that said "even f16 with --quant q4k needs about 21.73 GB" while 23.43 GB
+        // were free: such a choice fits and must be offered.
+        let (v, l) = ziya();
+        let r = PlanRequest {
+            vision: &v,
+            llm: &l,
+            dtype: DType::F32,
+            quant: None,
+            vision_file_dtype: DType::F32,
+            llm_file_dtype: DType::F16,
+            prompt: 512,
+            context: 2048,
+            on_cpu: true,
+            delta: false,
+        };
+        let p = estimate(&r);
+        let free = estimate(&PlanRequest { dtype: DType::F16, quant: Some(Quant::Q4K), ..r }).total + 1;
+        let err = check_fits(&p, Some(free), &r).unwrap_err();
+        assert!(!err.fits.is_empty());
+        assert!(err.fits.iter().all(|o| o.total <= free), "{:?}", err.fits);
+        assert!(err.fits.iter().any(|o| o.dtype == DType::F16 && o.quant == Some(Quant::Q4K)));
+        assert!(err.to_string().contains("it needs about"), "{err}");
     }
 
     #[test]

@@ -139,6 +139,13 @@ pub struct Tr {
     pub copied: &'static str,
     pub search: &'static str,
     pub no_matches: &'static str,
+    pub err_no_fit: &'static str,
+    pub err_no_fit_none: &'static str,
+    pub use_fit: &'static str,
+    pub fit_8bit: &'static str,
+    pub fit_6bit: &'static str,
+    pub fit_4bit: &'static str,
+    pub fit_f16: &'static str,
 }
 
 /// Replaces each `{}` in `template` with the next value.
@@ -274,6 +281,13 @@ pub static ZH: Tr = Tr {
     copied: "已复制",
     search: "搜索对话",
     no_matches: "没有匹配的对话",
+    err_no_fit: "这个模型需要约 {}，但只有 {} 可用内存。",
+    err_no_fit_none: "没有哪种精度或量化能放下它。",
+    use_fit: "改用{}（约 {}）",
+    fit_8bit: "8 位",
+    fit_6bit: "6 位",
+    fit_4bit: "4 位",
+    fit_f16: "半精度",
 };
 
 pub static EN: Tr = Tr {
@@ -393,6 +407,13 @@ pub static EN: Tr = Tr {
     copied: "Copied",
     search: "Search conversations",
     no_matches: "No matching conversations",
+    err_no_fit: "This model needs about {} but only {} of memory is free.",
+    err_no_fit_none: "No precision or quantization makes it fit.",
+    use_fit: "Use {} (≈ {})",
+    fit_8bit: "8-bit",
+    fit_6bit: "6-bit",
+    fit_4bit: "4-bit",
+    fit_f16: "half precision",
 };
 
 #[cfg(test)]

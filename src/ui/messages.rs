@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::device::{DeviceKind, DeviceNote};
-use crate::error::Problem;
+use crate::error::{FitOption, Problem};
 use crate::store::TRASH_DAYS;
 use crate::ui::i18n::{fill, Tr};
 
@@ -79,9 +79,37 @@ pub fn problem(p: &Problem, tr: &Tr) -> String {
         Problem::TooLong(t) => {
             fill(tr.err_too_long, &[&t.prompt.saturating_add(t.max_new), &t.prompt, &t.max_new, &t.context])
         }
+        Problem::DoesNotFit(n) => {
+            let mut text = fill(tr.err_no_fit, &[&human_bytes(n.needed), &human_bytes(n.free)]);
+            if n.fits.is_empty() {
+                text.push(' ');
+                text.push_str(tr.err_no_fit_none);
+            }
+            text
+        }
         Problem::Cancelled => tr.err_cancelled.to_string(),
         Problem::Other(detail) => fill(tr.err_other, &[detail]),
     }
+}
+
+/// A choice that fits, as its button says it: "Use 4-bit (≈ 7.9 GB)".
+pub fn fit_option(o: &FitOption, tr: &Tr) -> String {
+    let quant = o.quant.map(|q| match q {
+        crate::quant::Quant::Q8_0 => tr.fit_8bit,
+        crate::quant::Quant::Q6K => tr.fit_6bit,
+        crate::quant::Quant::Q4K => tr.fit_4bit,
+    });
+    let what = match (o.dtype == candle_core::DType::F16, quant) {
+        (true, Some(q)) => format!("{} + {q}", tr.fit_f16),
+        (true, None) => tr.fit_f16.to_string(),
+        (false, Some(q)) => q.to_string(),
+        (false, None) => "f32".to_string(),
+    };
+    fill(tr.use_fit, &[&what, &human_bytes(o.total)])
+}
+
+fn human_bytes(b: u64) -> String {
+    format!("{:.1} GB", b as f64 / 1e9)
 }
 
 /// A device note in the UI's language.

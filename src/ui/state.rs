@@ -214,6 +214,8 @@ pub enum Intent {
     SetSampling(SamplingParams),
     SetReloadLastModel(bool),
     LoadModel,
+    /// Loads the panel's model with a precision and quantization that fit (from a refusal).
+    UseFit(crate::error::FitOption),
     UseDemoModel,
     CancelLoad,
     UnloadModel,

@@ -344,3 +344,36 @@ fn without_a_system_file_dialog_one_opens_inside_the_window() {
     h.step(); // the notice area is laid out, then shown
     h.get_by_label_contains("story.html");
 }
+
+#[test]
+fn a_model_that_does_not_fit_offers_the_choices_that_do_in_one_short_sentence() {
+    use ziya_visual::model::files::ModelFiles;
+    use ziya_visual::model::layers::Quant;
+    // The tiny model's needs in f32 and in 4-bit; the machine has something in between.
+    let files = ModelFiles::read(&ziya_visual::model::choice::ModelChoice::folders(vision_dir(), llm_dir())).unwrap();
+    let ctx = files.context_length();
+    let prompt = ziya_visual::model::plan::PREFILL_CHUNK.min(ctx);
+    let plan = |q| files.plan_with(q, candle_core::DType::F32, true, prompt, ctx).total;
+    let limit = (plan(None) + plan(Some(Quant::Q4K))) / 2;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = options(data.path(), greedy(4), true);
+    opts.memory_limit = Some(limit);
+    opts.lang = Some(Lang::Zh);
+    let mut h = harness(opts);
+    step_until(&mut h, "the refusal", |a| a.state.model.load_error.is_some());
+    let fits = match h.state().state.model.load_error.clone() {
+        Some(ziya_visual::error::Problem::DoesNotFit(n)) => n.fits,
+        other => panic!("expected a memory refusal, got {other:?}"),
+    };
+    assert!(!fits.is_empty() && fits.iter().all(|o| o.total <= limit), "{fits:?}");
+    h.step();
+    // One sentence in the interface's language, and the choices as buttons.
+    h.get_by_label_contains("这个模型需要约");
+    let first = ziya_visual::ui::messages::fit_option(&fits[0], ziya_visual::ui::i18n::Lang::Zh.tr());
+    assert!(first.starts_with("改用"), "{first}");
+    h.get_by_label(&first);
+    h.state_mut().apply(Intent::UseFit(fits[0]));
+    wait_ready(&mut h);
+    assert_eq!(h.state().state.model.loaded.as_ref().unwrap().quant, fits[0].quant);
+}

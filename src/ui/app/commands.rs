@@ -202,6 +202,14 @@ impl ZiyaApp {
                 self.state.model.load_error = None;
                 self.engine.send(Command::Load(trimmed(&self.state.prefs.model)));
             }
+            Intent::UseFit(fit) => {
+                let model = &mut self.state.prefs.model;
+                if fit.dtype == candle_core::DType::F16 {
+                    model.precision = crate::device::Precision::F16;
+                }
+                model.quant = fit.quant;
+                self.apply(Intent::LoadModel);
+            }
             Intent::UseDemoModel => match crate::demo::install(&self.data_dir.join("demo-model")) {
                 Ok((vision, llm)) => {
                     let model = &mut self.state.prefs.model;

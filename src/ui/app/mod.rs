@@ -49,6 +49,8 @@ pub struct AppOptions {
     /// Use the file dialog inside the window, never the system's (tests; also
     /// `ZIYA_VISUAL_DIALOGS=builtin`).
     pub builtin_dialogs: bool,
+    /// Plan models as if at most this many bytes were free (tests of the memory refusal).
+    pub memory_limit: Option<u64>,
 }
 
 /// The files named by pasted text, when every line of it is a `file://` URI or an absolute path
@@ -192,7 +194,7 @@ impl ZiyaApp {
         }
         options.model.apply(&mut prefs.model);
         let waker_ctx = ctx.clone();
-        let engine = Engine::spawn(Box::new(move || waker_ctx.request_repaint()));
+        let engine = Engine::spawn_with(Box::new(move || waker_ctx.request_repaint()), options.memory_limit);
         let waker_ctx = ctx.clone();
         let images = ImageWorker::spawn(2, Arc::new(move || waker_ctx.request_repaint()));
         let waker_ctx = ctx.clone();

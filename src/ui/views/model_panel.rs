@@ -54,8 +54,18 @@ pub(super) fn model_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<Inten
     if let Some(msg) = &state.model.load_error {
         egui::Frame::group(ui.style()).fill(Color32::from_rgb(80, 20, 20)).show(ui, |ui| {
             ui.colored_label(Color32::from_rgb(255, 170, 170), RichText::new(tr.load_failed).strong());
-            let msg = crate::ui::messages::problem(msg, tr);
-            ui.label(RichText::new(msg).color(Color32::from_rgb(255, 220, 220)));
+            let text = crate::ui::messages::problem(msg, tr);
+            ui.label(RichText::new(text).color(Color32::from_rgb(255, 220, 220)));
+            // A model that does not fit: the choices that would, one click each.
+            if let crate::error::Problem::DoesNotFit(n) = msg {
+                ui.horizontal_wrapped(|ui| {
+                    for o in n.fits.iter().take(3) {
+                        if ui.button(crate::ui::messages::fit_option(o, tr)).clicked() {
+                            intents.push(Intent::UseFit(*o));
+                        }
+                    }
+                });
+            }
         });
     }
     let choice = &state.prefs.model;
