@@ -320,7 +320,7 @@ impl From<Timings> for TimingsJson {
 
 /// Reads an image file given on the command line, checking that it decodes.
 pub fn read_image_file(path: &Path) -> Result<ImageData> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::preprocess::read_image_file(path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
     // Decode once now so a bad file is reported before minutes of model loading.
     crate::preprocess::decode_rgb(&bytes, &path.display().to_string())?;

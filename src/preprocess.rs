@@ -12,7 +12,8 @@
 //! One deliberate difference: the EXIF orientation of a photo is applied before anything else,
 //! so a phone picture does not reach the model sideways. The reference does not do this.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
@@ -22,49 +23,182 @@ use crate::error::{Error, Result};
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
+/// The most pixels one image may have (2^28: a 16384×16384 scan, a 200 MP phone photo).
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 28;
+/// The longest side an image may have.
+pub const MAX_IMAGE_SIDE: u32 = 65_535;
+/// The most memory the decoder's pixel buffer of one image may take (an 8-bit RGB image of
+/// [`MAX_IMAGE_PIXELS`] fits; a 16-bit RGBA one of that size does not).
+pub const MAX_DECODED_BYTES: u64 = 1 << 30;
+/// What the PNG decoder may allocate besides the pixels (an ICC profile or text chunk inflates
+/// to at most this).
+pub const MAX_PNG_METADATA_BYTES: u64 = 64 << 20;
+/// The largest image file read into memory.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 512 << 20;
+
+/// `12345678` → `12.3 MB` (for messages).
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Reads an image file for decoding: a regular file of at most [`MAX_IMAGE_FILE_BYTES`]
+/// (a FIFO or device would block or never end, and a huge file would be read whole).
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Image { name, msg: "is not a regular file".into() });
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(Error::Image {
+            name,
+            msg: format!("the file is {}; images of up to {} are accepted", mb(meta.len()), mb(MAX_IMAGE_FILE_BYTES)),
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never read more than the limit.
+    file.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(Error::Image { name, msg: format!("the file is larger than {}", mb(MAX_IMAGE_FILE_BYTES)) });
+    }
+    Ok(bytes)
+}
+
+/// Checks an image's size, as its header gives it, against what one image may use.
+fn check_image_size(width: u32, height: u32, decoded_bytes: u64) -> std::result::Result<(), String> {
+    let pixels = width as u64 * height as u64;
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || pixels > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "its header says {width}×{height} pixels ({:.0} million); images of up to {} million pixels \
+             and {MAX_IMAGE_SIDE} pixels a side are accepted",
+            pixels as f64 / 1e6,
+            MAX_IMAGE_PIXELS / 1_000_000
+        ));
+    }
+    if decoded_bytes > MAX_DECODED_BYTES {
+        return Err(format!(
+            "its header says {width}×{height} pixels, which would take {} to decode; \
+             an image may take up to {}",
+            mb(decoded_bytes),
+            mb(MAX_DECODED_BYTES)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that every chunk of a RIFF (WebP) container lies inside the file, so that no chunk
+/// (EXIF, ICC, frames) is read on the strength of a length the file does not hold.
+fn check_riff_chunks(b: &[u8]) -> std::result::Result<(), String> {
+    let le32 = |i: usize| -> Option<u64> { Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as u64) };
+    let riff_end = le32(4).ok_or("the WebP header is truncated")?.saturating_add(8);
+    if riff_end > b.len() as u64 {
+        return Err(format!(
+            "the WebP data ends early: its header says {riff_end} bytes, the file has {} (truncated file?)",
+            b.len()
+        ));
+    }
+    let mut at = 12u64;
+    while at + 8 <= riff_end {
+        let size = le32(at as usize + 4).ok_or("a WebP chunk header is truncated")?;
+        let end = at + 8 + size + (size & 1);
+        // The last chunk's padding byte may be missing.
+        if at + 8 + size > riff_end {
+            return Err(format!(
+                "a WebP chunk at byte {at} claims {size} bytes, past the end of the data ({riff_end} bytes)"
+            ));
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 /// Decodes image bytes, applies the EXIF orientation and converts to 8-bit RGB the way
 /// transformers' `convert_to_rgb` does. `name` is used in error messages.
+///
+/// The one way images are decoded (attached files, pasted images, thumbnails, images stored in
+/// sessions, `ask --image`): the size the header claims is checked against [`MAX_IMAGE_PIXELS`],
+/// [`MAX_IMAGE_SIDE`] and [`MAX_DECODED_BYTES`] before any pixel buffer exists, and the decoders
+/// run with `image::Limits` for what they allocate on their own (metadata, ICC profiles, text).
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     let err = |msg: String| Error::Image { name: name.to_string(), msg };
-    let reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| err(format!("cannot read: {e}")))?;
-    let format = reader.format();
-    if format.is_none() {
-        return Err(err("not a supported image format (PNG, JPEG, WebP, GIF, BMP, TIFF)".into()));
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(err(format!(
+            "the data is {}; images of up to {} are accepted",
+            mb(bytes.len() as u64),
+            mb(MAX_IMAGE_FILE_BYTES)
+        )));
     }
-    let mut decoder = reader.into_decoder().map_err(|e| err(format!("cannot decode: {e}")))?;
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| err(format!("cannot read: {e}")))?;
+    let Some(format) = reader.format() else {
+        return Err(err("not a supported image format (PNG, JPEG, WebP, GIF, BMP, TIFF)".into()));
+    };
+    if format == image::ImageFormat::WebP {
+        check_riff_chunks(bytes).map_err(err)?;
+    }
+    let mut limits = image::Limits::default();
+    // The PNG decoder applies the limit only to what it allocates itself (ICC profiles and
+    // text chunks, inflated; rows): far less than the pixels need, which are checked below.
+    limits.max_alloc = Some(if format == image::ImageFormat::Png { MAX_PNG_METADATA_BYTES } else { MAX_DECODED_BYTES });
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| err(decode_error(e)))?;
+    let (width, height) = decoder.dimensions();
+    check_image_size(width, height, decoder.total_bytes()).map_err(err)?;
     let orientation = decoder.orientation().ok();
-    let is_jpeg = format == Some(image::ImageFormat::Jpeg);
+    let is_jpeg = format == image::ImageFormat::Jpeg;
     if is_jpeg && !jpeg_is_complete(bytes) {
         return Err(err("the JPEG data ends early (truncated file: an incomplete download or copy?)".into()));
     }
     let jpeg = if is_jpeg { decode_jpeg_like_pil(bytes) } else { None };
-    let mut img = match jpeg {
+    let img = match jpeg {
         Some(rgb) => DynamicImage::ImageRgb8(rgb),
-        None => DynamicImage::from_decoder(decoder).map_err(|e| err(format!("cannot decode: {e}")))?,
+        None => DynamicImage::from_decoder(decoder).map_err(|e| err(decode_error(e)))?,
     };
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-    }
     if img.width() == 0 || img.height() == 0 {
         return Err(err("the image is empty".into()));
     }
-    Ok(to_rgb_like_pil(img))
+    // Conversion is per pixel, so it commutes with the orientation; converting first turns
+    // the image at its smallest (8-bit RGB) instead of copying a 16-bit or RGBA buffer.
+    let mut rgb = DynamicImage::ImageRgb8(to_rgb_like_pil(img));
+    if let Some(o) = orientation {
+        rgb.apply_orientation(o);
+    }
+    Ok(rgb.into_rgb8())
+}
+
+/// The decoder's error for a user: limits in plain words.
+fn decode_error(e: image::ImageError) -> String {
+    match e {
+        image::ImageError::Limits(l) => match l.kind() {
+            image::error::LimitErrorKind::InsufficientMemory => format!(
+                "decoding it would need more memory than the {} an image may use (its data claims more than it holds?)",
+                mb(MAX_DECODED_BYTES)
+            ),
+            image::error::LimitErrorKind::DimensionError => "its dimensions are too large".into(),
+            _ => format!("cannot decode: {l}"),
+        },
+        other => format!("cannot decode: {other}"),
+    }
 }
 
 /// Decodes a JPEG to RGB with libjpeg-turbo's algorithms (via mozjpeg): islow IDCT and fancy
 /// upsampling, exactly as PIL does. `None` when libjpeg cannot produce RGB (CMYK, say) or the
-/// data is damaged; the caller then lets the image crate's decoder try.
+/// data is damaged, or its frame header gives another size than the one already checked; the
+/// caller then lets the image crate's decoder try (with its limits).
 fn decode_jpeg_like_pil(bytes: &[u8]) -> Option<RgbImage> {
     // mozjpeg reports libjpeg's fatal errors by unwinding (without the panic hook); keep that
     // inside this function.
     std::panic::catch_unwind(|| {
         let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
+        // Only the header has been read: nothing sized by it is allocated before this check.
+        let (w, h) = (d.width(), d.height());
+        check_image_size(u32::try_from(w).ok()?, u32::try_from(h).ok()?, w as u64 * h as u64 * 3).ok()?;
         let mut d = d.rgb().ok()?;
         let (w, h) = (d.width() as u32, d.height() as u32);
-        let pixels: Vec<[u8; 3]> = d.read_scanlines().ok()?;
+        let pixels: Vec<u8> = d.read_scanlines().ok()?;
         d.finish().ok()?;
-        RgbImage::from_raw(w, h, pixels.into_iter().flatten().collect())
+        RgbImage::from_raw(w, h, pixels)
     })
     .ok()
     .flatten()
@@ -119,6 +253,7 @@ fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
         DynamicImage::ImageRgb8(rgb) => return rgb,
         // 16-bit and float images: Pillow keeps the high byte of 16-bit RGB; do the same.
         DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgb32F(_) => return img.to_rgb8(),
+        DynamicImage::ImageRgba8(rgba) => rgba,
         other => other.to_rgba8(),
     };
     let (w, h) = rgba.dimensions();
@@ -381,5 +516,77 @@ mod tests {
     fn garbage_bytes_are_an_error_naming_the_file() {
         let err = decode_rgb(b"definitely not an image", "notes.txt").unwrap_err();
         assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    fn encode(img: DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn headers_claiming_more_than_the_limits_are_refused_before_decoding() {
+        // A GIF whose screen and frame are 65535×65535.
+        let mut gif = b"GIF89a\xff\xff\xff\xff\x80\0\0\0\0\0\xff\xff\xff".to_vec();
+        gif.extend_from_slice(b"\x2c\0\0\0\0\xff\xff\xff\xff\0\x02\x02\x44\x01\0\x3b");
+        let err = decode_rgb(&gif, "screen.gif").unwrap_err().to_string();
+        assert!(err.contains("screen.gif") && err.contains("65535×65535"), "{err}");
+        // Only the screen that large: the first frame is what is decoded (1×1).
+        let mut gif = b"GIF89a\xff\xff\xff\xff\x80\0\0\0\0\0\xff\xff\xff".to_vec();
+        gif.extend_from_slice(b"\x2c\0\0\0\0\x01\0\x01\0\0\x02\x02\x44\x01\0\x3b");
+        assert!(decode_rgb(&gif, "screen.gif").map(|i| i.width() * i.height() <= 1).unwrap_or(true));
+        // A JPEG whose frame header says 65500×65500.
+        let mut jpg = jpeg_bytes();
+        let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpg[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xDC, 0xFF, 0xDC]);
+        let err = decode_rgb(&jpg, "frame.jpg").unwrap_err().to_string();
+        assert!(err.contains("65500×65500"), "{err}");
+        // Within the pixel count but not the decoding budget: 16-bit RGBA at 2^28 pixels.
+        assert!(check_image_size(16384, 16384, 16384 * 16384 * 8).unwrap_err().contains("to decode"));
+        assert!(check_image_size(8000, 8000, 8000 * 8000 * 3).is_ok());
+        assert!(check_image_size(65536, 1, 65536 * 3).is_err());
+    }
+
+    #[test]
+    fn webp_chunks_must_lie_inside_the_file() {
+        let ok = encode(DynamicImage::ImageRgba8(image::RgbaImage::new(3, 2)), image::ImageFormat::WebP);
+        assert!(check_riff_chunks(&ok).is_ok());
+        assert!(decode_rgb(&ok, "ok.webp").is_ok());
+        let mut long = ok.clone();
+        long[16..20].copy_from_slice(&u32::MAX.to_le_bytes()); // the first chunk's size
+        assert!(check_riff_chunks(&long).unwrap_err().contains("past the end"));
+        let mut riff = ok.clone();
+        riff[4..8].copy_from_slice(&1_000_000u32.to_le_bytes());
+        let err = decode_rgb(&riff, "cut.webp").unwrap_err().to_string();
+        assert!(err.contains("cut.webp") && err.contains("ends early"), "{err}");
+    }
+
+    #[test]
+    fn every_format_and_16_bit_images_decode() {
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(5, 4, image::Rgba([10, 20, 30, 255])));
+        for format in [
+            image::ImageFormat::Png,
+            image::ImageFormat::Gif,
+            image::ImageFormat::WebP,
+            image::ImageFormat::Bmp,
+            image::ImageFormat::Tiff,
+        ] {
+            let img = decode_rgb(&encode(rgba.clone(), format), "x").unwrap();
+            assert_eq!(img.dimensions(), (5, 4), "{format:?}");
+        }
+        let deep = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(3, 2, image::Rgba([65535, 0, 0, 65535]));
+        let img = decode_rgb(&encode(DynamicImage::ImageRgba16(deep), image::ImageFormat::Png), "deep.png").unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [255, 0, 0]);
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let err = read_image_file(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.png");
+        std::fs::File::create(&big).unwrap().set_len(MAX_IMAGE_FILE_BYTES + 1).unwrap();
+        let err = read_image_file(&big).unwrap_err().to_string();
+        assert!(err.contains("big.png") && err.contains("images of up to"), "{err}");
     }
 }

@@ -108,7 +108,11 @@ fn process(job: ImageJob) -> ImageResult {
 
 /// Reads and checks an image file; returns its data and thumbnail.
 pub fn read_image(path: &std::path::Path) -> Result<(ImageData, ColorImage), Refusal> {
-    let bytes = std::fs::read(path).map_err(|e| Refusal::Unreadable(e.to_string()))?;
+    let bytes = crate::preprocess::read_image_file(path).map_err(|e| match e {
+        crate::Error::Io { source, .. } => Refusal::Unreadable(source.to_string()),
+        crate::Error::Image { msg, .. } => Refusal::NotAnImage(msg),
+        other => Refusal::Unreadable(other.to_string()),
+    })?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let thumb = thumbnail(&bytes, &name).map_err(Refusal::NotAnImage)?;
     Ok((ImageData::new(name, bytes), thumb))
