@@ -243,12 +243,20 @@ impl Session {
     fn read_file(path: &Path) -> Result<(SessionFile, u64)> {
         let err = |msg: String| Error::Session { path: path.to_path_buf(), msg };
         let text = read_session_text(path)?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON (corrupt?): {e}")))?;
-        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        // The format and version first, skipping everything else without building it; then the
+        // whole file straight into its types (a generic JSON tree would take several times the
+        // file's size).
+        let head: Head = serde_json::from_str(&text).map_err(|e| {
+            if e.is_data() {
+                err(format!("not a ziya-visual session (no \"format\": \"{FORMAT}\")"))
+            } else {
+                err(format!("not valid JSON (corrupt?): {e}"))
+            }
+        })?;
+        if head.format.0.as_deref() != Some(FORMAT) {
             return Err(err(format!("not a ziya-visual session (no \"format\": \"{FORMAT}\")")));
         }
-        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        let version = head.version.0.unwrap_or(0);
         if version > VERSION as u64 {
             return Err(err(format!(
                 "written by a newer ziya-visual (format version {version}; this build reads up to {VERSION}); the file was left untouched"
@@ -257,7 +265,7 @@ impl Session {
         if version == 0 {
             return Err(err("has no valid format version".into()));
         }
-        let file: SessionFile = serde_json::from_value(value).map_err(|e| err(format!("malformed: {e}")))?;
+        let file: SessionFile = serde_json::from_str(&text).map_err(|e| err(format!("malformed: {e}")))?;
         Ok((file, version))
     }
 
@@ -466,18 +474,12 @@ fn read_session_text(path: &Path) -> Result<String> {
 /// Before a session file of an older format version is overwritten, keep it as
 /// `<name>.v<N>.bak` (once: an existing backup is never replaced).
 fn backup_if_older(path: &Path) -> Result<()> {
-    /// Just the fields that say what a file is (the rest is skipped, not built into a tree).
-    #[derive(Deserialize)]
-    struct Head {
-        format: String,
-        version: u64,
-    }
     let Ok(text) = read_session_text(path) else { return Ok(()) };
-    let bytes = text.into_bytes();
-    let version = match serde_json::from_slice::<Head>(&bytes) {
-        Ok(head) if head.format == FORMAT && head.version < VERSION as u64 => head.version,
+    let version = match serde_json::from_str::<Head>(&text) {
+        Ok(Head { format: Lenient(Some(f)), version: Lenient(Some(v)) }) if f == FORMAT && v < VERSION as u64 => v,
         _ => return Ok(()),
     };
+    let bytes = text.into_bytes();
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("session.json");
     let backup = path.with_file_name(format!("{name}.v{version}.bak"));
     if !backup.exists() {
@@ -486,8 +488,98 @@ fn backup_if_older(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The fields that say what a file is; everything else is skipped without being kept.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    format: Lenient<String>,
+    #[serde(default)]
+    version: Lenient<u64>,
+}
+
+/// A value of the expected type, or `None` for anything else (skipped, never built).
+#[derive(Default)]
+struct Lenient<T>(Option<T>);
+
+impl<'de, T: LenientValue> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: LenientValue> Visitor<'de> for V<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Lenient(T::from_str(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+                Ok(Lenient(T::from_u64(v)))
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+trait LenientValue: Sized {
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+}
+impl LenientValue for String {
+    fn from_str(s: &str) -> Option<Self> {
+        Some(s.to_string())
+    }
+}
+impl LenientValue for u64 {
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn format_and_version_are_read_leniently_without_a_json_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        for (text, want) in [
+            (r#"{"format": 5, "version": 2}"#, "not a ziya-visual session"),
+            (r#"{"format": "ziya-visual-session", "version": "2"}"#, "no valid format version"),
+            (r#"{"format": "ziya-visual-session", "version": -1}"#, "no valid format version"),
+            (r#"{"format": ["ziya-visual-session"], "version": 2}"#, "not a ziya-visual session"),
+            (r#"{"format": "ziya-visual-session", "version": 99}"#, "newer ziya-visual"),
+            (r#"[1, 2"#, "corrupt"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = super::Session::load(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
     use super::super::tree::tests::sample_session;
     use super::*;
     use crate::session::NewTurn;

@@ -175,7 +175,12 @@ impl Session {
     }
 
     pub fn turn(&self, id: TurnId) -> Option<&Turn> {
-        self.turns.iter().find(|t| t.id == id)
+        // Ids grow as turns are made, so the list is sorted by id unless the file was edited by
+        // hand: search it first (walking a long conversation stays linear), then scan.
+        match self.turns.binary_search_by_key(&id, |t| t.id) {
+            Ok(i) => Some(&self.turns[i]),
+            Err(_) => self.turns.iter().find(|t| t.id == id),
+        }
     }
 
     /// The turns that follow `parent`, oldest first: the versions of that position.
