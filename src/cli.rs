@@ -55,6 +55,9 @@ pub enum Command {
         /// Write a folder with the .md file and its images under this folder.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Replace an existing export (otherwise an existing file is left alone).
+        #[arg(long)]
+        force: bool,
     },
     /// Quantize the LLM once into a GGUF file that starts fast (usable as --llm-model FILE.gguf).
     Quantize {
@@ -332,7 +335,9 @@ pub fn run(command: &Command) -> Result<()> {
     match command {
         Command::Ask(args) => run_ask(args),
         Command::Serve(args) => crate::server::serve(args.options()),
-        Command::Export { session, html, markdown } => run_export(session, html.as_deref(), markdown.as_deref()),
+        Command::Export { session, html, markdown, force } => {
+            run_export(session, html.as_deref(), markdown.as_deref(), *force)
+        }
         Command::Quantize { llm, quant, out } => run_quantize(llm, *quant, out),
         Command::MergeDelta { base, delta, out } => run_merge_delta(base, delta, out),
         Command::Plan { model, prompt, context } => run_plan(model, *prompt, *context),
@@ -396,14 +401,15 @@ pub fn run_merge_delta(base: &Path, delta: &Path, out: &Path) -> Result<()> {
 }
 
 /// `ziya-visual export`: prints the path written.
-pub fn run_export(session: &Path, html: Option<&Path>, markdown: Option<&Path>) -> Result<()> {
+pub fn run_export(session: &Path, html: Option<&Path>, markdown: Option<&Path>, force: bool) -> Result<()> {
     let s = Session::load(session)?;
     for p in s.image_problems() {
         eprintln!("warning: {p}");
     }
+    let opts = crate::export::ExportOptions { overwrite: force, session_file: Some(session.to_path_buf()) };
     let written = match (html, markdown) {
-        (Some(h), _) => crate::export::write_html(&s, h)?,
-        (None, Some(m)) => crate::export::write_markdown(&s, m)?,
+        (Some(h), _) => crate::export::write_html(&s, h, &opts)?,
+        (None, Some(m)) => crate::export::write_markdown(&s, m, &opts)?,
         (None, None) => return Err(Error::Request("give --html FILE or --markdown DIR".into())),
     };
     println!("{}", written.display());

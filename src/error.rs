@@ -23,6 +23,10 @@ pub enum Error {
     /// A model that does not fit in free memory (with the choices that would).
     #[error("{0}")]
     DoesNotFit(Box<NoFit>),
+    /// Something is already where an export or output would go; nothing was written. The app
+    /// asks before trying again with overwriting allowed.
+    #[error("{}: already exists; nothing was written (pass --force to replace it)", path.display())]
+    Exists { path: PathBuf },
     /// A request that cannot be served as asked (unknown device, bad settings, ...).
     #[error("{0}")]
     Request(String),
@@ -159,7 +163,7 @@ impl From<&Error> for Problem {
             Error::TooLong(t) => Problem::TooLong(*t),
             Error::DoesNotFit(n) => Problem::DoesNotFit(n.clone()),
             Error::Cancelled => Problem::Cancelled,
-            Error::Request(_) | Error::Candle(_) => Problem::Other(e.to_string()),
+            Error::Request(_) | Error::Candle(_) | Error::Exists { .. } => Problem::Other(e.to_string()),
         }
     }
 }

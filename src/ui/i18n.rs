@@ -146,6 +146,8 @@ pub struct Tr {
     pub fit_6bit: &'static str,
     pub fit_4bit: &'static str,
     pub fit_f16: &'static str,
+    pub export_exists: &'static str,
+    pub replace: &'static str,
 }
 
 /// Replaces each `{}` in `template` with the next value.
@@ -288,6 +290,8 @@ pub static ZH: Tr = Tr {
     fit_6bit: "6 位",
     fit_4bit: "4 位",
     fit_f16: "半精度",
+    export_exists: "{} 已存在，没有写入。",
+    replace: "替换",
 };
 
 pub static EN: Tr = Tr {
@@ -414,6 +418,8 @@ pub static EN: Tr = Tr {
     fit_6bit: "6-bit",
     fit_4bit: "4-bit",
     fit_f16: "half precision",
+    export_exists: "{} already exists; nothing was written.",
+    replace: "Replace",
 };
 
 #[cfg(test)]

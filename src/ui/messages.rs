@@ -38,6 +38,8 @@ pub enum Message {
     /// The session store could not be opened: nothing will be saved.
     StoreUnavailable(Problem),
     Saved(PathBuf),
+    /// An export would have replaced this file; nothing was written.
+    ExportExists(PathBuf),
     TurnDeleted,
     ConversationDeleted(String),
     Copied,
@@ -59,6 +61,7 @@ impl Message {
                 other => fill(tr.store_unavailable, &[&"", &problem(other, tr)]),
             },
             Message::Saved(path) => fill(tr.saved_to, &[&path.display()]),
+            Message::ExportExists(path) => fill(tr.export_exists, &[&path.display()]),
             Message::TurnDeleted => tr.turn_deleted.to_string(),
             Message::Copied => tr.copied.to_string(),
             Message::ConversationDeleted(title) => fill(tr.conversation_deleted, &[title, &TRASH_DAYS]),

@@ -109,6 +109,16 @@ pub struct Notice {
     pub at: Instant,
     /// Set when the notice offers Undo (the key of `AppState::undo`).
     pub undo: Option<u64>,
+    /// Set when the notice offers to replace an existing export.
+    pub replace: Option<ReplaceExport>,
+}
+
+/// An export that found its file already there: done again with replacing allowed, if asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplaceExport {
+    /// What the user chose (the HTML file, or the folder the Markdown export goes under).
+    pub target: std::path::PathBuf,
+    pub html: bool,
 }
 
 impl Notice {
@@ -231,6 +241,8 @@ pub enum Intent {
     SaveAs,
     ExportMarkdown,
     ExportHtml,
+    /// Exports again, replacing what the first attempt found there.
+    ReplaceExport(ReplaceExport),
     Copy(String),
     SetSidebarFilter(String),
     /// Shows a conversation image large (`None` closes it).
@@ -310,7 +322,7 @@ impl AppState {
     }
 
     pub fn notify(&mut self, kind: NoticeKind, message: Message) {
-        self.push_notice(Notice { kind, message, at: Instant::now(), undo: None });
+        self.push_notice(Notice { kind, message, at: Instant::now(), undo: None, replace: None });
     }
 
     /// A notice offering Undo for `undo` (replacing any earlier offer).
@@ -318,10 +330,16 @@ impl AppState {
         let key = self.new_key();
         self.notices.retain(|n| n.undo.is_none());
         self.undo = Some((key, undo));
-        self.push_notice(Notice { kind: NoticeKind::Info, message, at: Instant::now(), undo: Some(key) });
+        self.push_notice(Notice {
+            kind: NoticeKind::Info,
+            message,
+            at: Instant::now(),
+            undo: Some(key),
+            replace: None,
+        });
     }
 
-    fn push_notice(&mut self, notice: Notice) {
+    pub fn push_notice(&mut self, notice: Notice) {
         // The same message again only refreshes the one shown.
         self.notices.retain(|n| n.message != notice.message);
         self.notices.push(notice);

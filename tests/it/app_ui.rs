@@ -343,6 +343,29 @@ fn without_a_system_file_dialog_one_opens_inside_the_window() {
     h.step();
     h.step(); // the notice area is laid out, then shown
     h.get_by_label_contains("story.html");
+
+    // The same name again: nothing is replaced until the user says so in the notice.
+    let exported = data.path().join("exports/story.html");
+    std::fs::write(&exported, "an older export").unwrap();
+    h.state_mut().apply(Intent::ExportHtml);
+    h.step();
+    h.step();
+    h.state_mut().apply(Intent::DialogSetInput("story.html".into()));
+    h.step();
+    h.get_by_label("Save").click();
+    h.step();
+    h.step();
+    h.step(); // the notice area grows, then settles
+    h.get_by_label_contains("already exists; nothing was written");
+    assert_eq!(std::fs::read_to_string(&exported).unwrap(), "an older export");
+    h.get_by_label("Replace").click();
+    h.step();
+    h.step();
+    let notes: Vec<String> = h.state().state.notices.iter().map(|n| format!("{:?}", n.message)).collect();
+    assert!(
+        std::fs::read_to_string(&exported).unwrap().starts_with("<!DOCTYPE html>"),
+        "replaced when asked: {notes:?}"
+    );
 }
 
 #[test]

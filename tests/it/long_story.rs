@@ -68,7 +68,7 @@ fn ask_continues_the_apps_long_story_with_the_same_window_and_ids() {
 
     // Exports mark the same point.
     let out = tempfile::tempdir().unwrap();
-    let md = ziya_visual::export::write_markdown(&h.state().state.session, out.path()).unwrap();
+    let md = ziya_visual::export::write_markdown(&h.state().state.session, out.path(), &Default::default()).unwrap();
     let md = std::fs::read_to_string(md).unwrap();
     let (before, after) = md.split_once("Earlier turns are no longer seen by the model").expect("marked");
     assert!(before.contains("## 4.") && !before.contains("## 5.") && after.contains("## 5."), "{md}");

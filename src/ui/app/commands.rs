@@ -10,7 +10,7 @@ use crate::session::{ImageStorage, Session, TurnId};
 use crate::ui::file_dialog::Purpose;
 use crate::ui::images::ImageJob;
 use crate::ui::messages::Message;
-use crate::ui::state::{Attachment, Editing, Intent, NoticeKind, Pending, Undo};
+use crate::ui::state::{Attachment, Editing, Intent, Notice, NoticeKind, Pending, ReplaceExport, Undo};
 
 impl ZiyaApp {
     /// Acts on one intent.
@@ -346,6 +346,7 @@ impl ZiyaApp {
             Intent::SaveAs => self.pick(Purpose::SaveAs),
             Intent::ExportMarkdown => self.pick(Purpose::ExportMarkdown),
             Intent::ExportHtml => self.pick(Purpose::ExportHtml),
+            Intent::ReplaceExport(r) => self.export(&r.target, r.html, true),
             Intent::Copy(text) => {
                 self.ctx.copy_text(text);
                 self.state.notify(NoticeKind::Info, Message::Copied);
@@ -422,14 +423,32 @@ impl ZiyaApp {
         }
     }
 
-    pub(super) fn export(&mut self, path: &Path, html: bool) {
+    /// Exports the conversation shown to `path` (the HTML file, or the folder the Markdown
+    /// export goes under). An existing file is replaced only with `overwrite`; otherwise the
+    /// notice names it and offers Replace.
+    pub(super) fn export(&mut self, path: &Path, html: bool, overwrite: bool) {
+        let opts = crate::export::ExportOptions {
+            overwrite,
+            // Never over the conversation's own file, even when asked to replace.
+            session_file: self.state.session_id.as_ref().and_then(|id| self.store.as_ref().map(|s| s.path(id))),
+        };
         let result = if html {
-            crate::export::write_html(&self.state.session, path)
+            crate::export::write_html(&self.state.session, path, &opts)
         } else {
-            crate::export::write_markdown(&self.state.session, path)
+            crate::export::write_markdown(&self.state.session, path, &opts)
         };
         match result {
             Ok(written) => self.state.notify(NoticeKind::Info, Message::Saved(written)),
+            Err(crate::Error::Exists { path: existing }) => {
+                let replace = Some(ReplaceExport { target: path.to_path_buf(), html });
+                self.state.push_notice(Notice {
+                    kind: NoticeKind::Error,
+                    message: Message::ExportExists(existing),
+                    at: std::time::Instant::now(),
+                    undo: None,
+                    replace,
+                });
+            }
             Err(e) => self.state.notify(NoticeKind::Error, Message::Problem((&e).into())),
         }
     }

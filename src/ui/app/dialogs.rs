@@ -97,8 +97,10 @@ impl ZiyaApp {
             Purpose::BaseDir => self.apply(Intent::SetBasePath(path)),
             Purpose::SessionFile => self.apply(Intent::OpenSessionFile(path)),
             Purpose::SaveAs => self.save_as(&path),
-            Purpose::ExportMarkdown => self.export(&path, false),
-            Purpose::ExportHtml => self.export(&path, true),
+            Purpose::ExportMarkdown => self.export(&path, false, false),
+            // The system's save dialog has asked before naming an existing file; the one in
+            // the window has not, so the export's own notice asks instead.
+            Purpose::ExportHtml => self.export(&path, true, matches!(self.system_dialogs, Some(Ok(_)))),
         }
     }
 }

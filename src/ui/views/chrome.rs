@@ -90,6 +90,12 @@ pub(super) fn notices(ctx: &egui::Context, state: &AppState, intents: &mut Vec<I
                                 intents.push(Intent::Undo(key));
                             }
                         }
+                        if let Some(r) = &n.replace {
+                            if ui.button(RichText::new(tr.replace).strong()).clicked() {
+                                intents.push(Intent::ReplaceExport(r.clone()));
+                                intents.push(Intent::DismissNotice(i));
+                            }
+                        }
                         if ui.small_button("×").on_hover_text(tr.dismiss).clicked() {
                             intents.push(Intent::DismissNotice(i));
                         }
