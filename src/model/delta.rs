@@ -103,10 +103,48 @@ pub fn merge_to_dir(
     out: &Path,
     progress: &mut dyn FnMut(MergeProgress),
 ) -> Result<PathBuf> {
+    crate::paths::check_apart(out, "--out", &[("base folder", base_dir), ("delta folder", delta_dir)])?;
+    if let Ok(mut entries) = std::fs::read_dir(out) {
+        if entries.next().is_some() {
+            return Err(Error::Request(format!(
+                "--out {} already exists and is not empty; nothing was written (choose a new folder)",
+                out.display()
+            )));
+        }
+    } else if crate::paths::resolved(out).is_some_and(|p| p.exists()) {
+        return Err(Error::Request(format!("--out {} exists and is not a folder", out.display())));
+    }
     let ckpt = Checkpoint::open_delta(base_dir, delta_dir, Arc::new(LoadCounter::default()))?;
     let base = ckpt.base().cloned().ok_or_else(|| Error::Request("not a delta checkpoint".into()))?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Built in a fresh folder beside `out` and renamed into place at the end: an interrupted
+    // merge never leaves a half-written model under the name asked for.
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("merged");
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = write_merged(&ckpt, &base, delta_dir, &tmp, progress).and_then(|()| {
+        // An empty folder already there is replaced.
+        let _ = std::fs::remove_dir(out);
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| out.to_path_buf())
+}
 
+/// Writes the merged shards, index and copied config/tokenizer files into `out`.
+fn write_merged(
+    ckpt: &Checkpoint,
+    base: &Checkpoint,
+    delta_dir: &Path,
+    out: &Path,
+    progress: &mut dyn FnMut(MergeProgress),
+) -> Result<()> {
     // Plan the shards: every tensor keeps the delta's name, shape and precision.
     struct Item {
         name: String,
@@ -216,5 +254,5 @@ pub fn merge_to_dir(
             std::fs::copy(&src, out.join(f)).map_err(|e| Error::io(&src, e))?;
         }
     }
-    Ok(out.to_path_buf())
+    Ok(())
 }

@@ -66,6 +66,32 @@ impl GgufHeader {
     }
 }
 
+/// Refuses a `quantize --out` that would replace one of its inputs: the LLM (a folder or a
+/// `.gguf`), the base, or any file inside them; or that is a folder.
+fn check_quantize_out(llm: &Path, base: Option<&Path>, out: &Path) -> Result<()> {
+    if out.is_dir() {
+        return Err(Error::Request(format!("--out {} is a folder; give the .gguf file to write", out.display())));
+    }
+    let mut inputs = vec![("--llm-model", llm)];
+    if let Some(b) = base {
+        inputs.push(("--llm-base", b));
+    }
+    // A new file inside an input folder harms nothing; an existing one is an input's file.
+    let exists = std::fs::symlink_metadata(out).is_ok();
+    for (what, input) in inputs {
+        let (Some(o), Some(i)) = (crate::paths::resolved(out), crate::paths::resolved(input)) else { continue };
+        if o == i || (exists && o.starts_with(&i)) {
+            return Err(Error::Request(format!(
+                "--out {} would replace {} {}; nothing was written (choose another file)",
+                out.display(),
+                if o == i { "the input" } else { "a file of the input" },
+                format_args!("{what} {}", input.display())
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Quantizes the LLM in `llm_dir` (or the delta in `llm_dir` over `base`) into `out`.
 pub fn quantize_to_gguf(
     llm_dir: &Path,
@@ -74,6 +100,7 @@ pub fn quantize_to_gguf(
     out: &Path,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PathBuf> {
+    check_quantize_out(llm_dir, base, out)?;
     let cfg = super::read_llm_config(llm_dir)?;
     let counter = Arc::new(LoadCounter::default());
     let ckpt = match base {
