@@ -354,7 +354,16 @@ pub fn run(command: &Command) -> Result<()> {
 pub fn run_plan(choice: &ModelChoice, prompt: usize, context: Option<usize>) -> Result<()> {
     let place = Placement::resolve(choice.device, choice.precision);
     let files = ModelFiles::read(choice)?;
-    let context = context.unwrap_or(files.context_length());
+    let max = files.context_length();
+    let context = context.unwrap_or(max);
+    if context == 0 || context > max {
+        return Err(Error::Request(format!(
+            "--context {context} is outside the model's context (1 to max_position_embeddings {max})"
+        )));
+    }
+    if prompt > context {
+        return Err(Error::Request(format!("--prompt {prompt} is longer than the context ({context} positions)")));
+    }
     let plan = files.plan(&place, prompt, context);
     let free = crate::model::plan::available_bytes(&place.device);
     let out = serde_json::json!({"plan": plan, "available": free, "fits": free.is_none_or(|f| plan.total <= f)});

@@ -137,9 +137,36 @@ impl LlamaConfig {
     }
 
     /// Checks the numbers the network's shapes depend on, so that a broken config is reported by
-    /// name instead of surfacing as a shape error deep in a matmul.
+    /// name instead of surfacing as a shape error deep in a matmul, and that none is absurd
+    /// (every size has an upper bound far above any real LLaMA, so no product of them overflows
+    /// and nothing is allocated on the strength of a typo or a hostile file).
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |msg: String| Err(Error::Config { path: path.to_path_buf(), msg });
+        check_bounds(
+            path,
+            &[
+                ("hidden_size", self.hidden_size, MAX_WIDTH),
+                ("intermediate_size", self.intermediate_size, MAX_FFN),
+                ("vocab_size", self.vocab_size, MAX_VOCAB),
+                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+                ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+                ("num_key_value_heads", self.num_kv_heads(), MAX_HEADS),
+                ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+            ],
+        )?;
+        check_eps(path, "rms_norm_eps", self.rms_norm_eps)?;
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!("rope_theta {} must be a positive number", self.rope_theta));
+        }
+        if self.hidden_size == 0 || self.intermediate_size == 0 {
+            return bad("hidden_size and intermediate_size must be positive".into());
+        }
+        if self.bos_token_id as usize >= self.vocab_size {
+            return bad(format!(
+                "bos_token_id {} is outside the vocabulary ({} tokens)",
+                self.bos_token_id, self.vocab_size
+            ));
+        }
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -172,6 +199,26 @@ impl VisionRepoConfig {
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |msg: String| Err(Error::Config { path: path.to_path_buf(), msg });
         let v = &self.vision_config;
+        let q = &self.qformer_config;
+        check_bounds(
+            path,
+            &[
+                ("vision_config.hidden_size", v.hidden_size, MAX_WIDTH),
+                ("vision_config.intermediate_size", v.intermediate_size, MAX_FFN),
+                ("vision_config.num_hidden_layers", v.num_hidden_layers, MAX_LAYERS),
+                ("vision_config.num_attention_heads", v.num_attention_heads, MAX_HEADS),
+                ("qformer_config.hidden_size", q.hidden_size, MAX_WIDTH),
+                ("qformer_config.intermediate_size", q.intermediate_size, MAX_FFN),
+                ("qformer_config.num_hidden_layers", q.num_hidden_layers, MAX_LAYERS),
+                ("qformer_config.num_attention_heads", q.num_attention_heads, MAX_HEADS),
+                ("num_query_tokens", self.num_query_tokens, MAX_QUERY_TOKENS),
+            ],
+        )?;
+        check_eps(path, "vision_config.layer_norm_eps", v.layer_norm_eps)?;
+        check_eps(path, "qformer_config.layer_norm_eps", q.layer_norm_eps)?;
+        if v.hidden_size == 0 || v.intermediate_size == 0 || q.hidden_size == 0 || q.intermediate_size == 0 {
+            return bad("vision_config and qformer_config sizes must be positive".into());
+        }
         if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(format!(
                 "vision_config.hidden_size {} is not a multiple of num_attention_heads {}",
@@ -187,7 +234,6 @@ impl VisionRepoConfig {
         if v.image_size > 4096 {
             return bad(format!("vision_config.image_size {} is implausibly large", v.image_size));
         }
-        let q = &self.qformer_config;
         if q.num_attention_heads == 0 || !q.hidden_size.is_multiple_of(q.num_attention_heads) {
             return bad(format!(
                 "qformer_config.hidden_size {} is not a multiple of num_attention_heads {}",
@@ -210,9 +256,42 @@ impl VisionRepoConfig {
     }
 }
 
+/// Upper bounds for config values: each far above any real model (Ziya-LLaMA-13B: width 5120,
+/// FFN 13824, 39424 tokens, 40 layers and heads, 2048 positions), and small enough that sizes
+/// multiplied together stay far from overflow.
+pub const MAX_WIDTH: usize = 65_536;
+pub const MAX_FFN: usize = 1 << 18;
+pub const MAX_VOCAB: usize = 1 << 20;
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_POSITIONS: usize = 1 << 20;
+pub const MAX_QUERY_TOKENS: usize = 4096;
+
+fn check_bounds(path: &Path, values: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, value, max) in values {
+        if value > max {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                msg: format!("{name} {value} is implausibly large (at most {max} is accepted)"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_eps(path: &Path, name: &str, eps: f64) -> Result<()> {
+    if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+        return Err(Error::Config { path: path.to_path_buf(), msg: format!("{name} {eps} must be between 0 and 1") });
+    }
+    Ok(())
+}
+
+/// The largest config.json read (real ones are a few kilobytes).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Reads and parses a config.json, naming the file in every error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_text_limited(path, MAX_CONFIG_BYTES)?;
     serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), msg: e.to_string() })
 }
 
@@ -278,4 +357,78 @@ fn d_rope_theta() -> f64 {
 }
 fn d_silu() -> Activation {
     Activation::Silu
+}
+
+/// A small text file (config, index, tokenizer): a regular file of at most `max` bytes, read
+/// without trusting its size (it may grow, or be a device that never ends).
+pub fn read_text_limited(path: &Path, max: u64) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::Config { path: path.to_path_buf(), msg };
+    if !meta.is_file() {
+        return Err(bad("is not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(bad(format!("is {} bytes; at most {max} are read from a file like this", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(bad(format!("grew past {max} bytes while it was read")));
+    }
+    String::from_utf8(bytes).map_err(|e| bad(format!("is not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(json: &str) -> Result<()> {
+        let cfg: LlamaConfig = serde_json::from_str(json).unwrap();
+        cfg.validate(Path::new("llm/config.json"))
+    }
+
+    #[test]
+    fn absurd_llama_values_are_refused_with_the_number() {
+        assert!(llama("{}").is_ok(), "LLaMA-7B defaults");
+        for (json, want) in [
+            (r#"{"num_hidden_layers": 1000000000}"#, "num_hidden_layers 1000000000 is implausibly large"),
+            (r#"{"max_position_embeddings": 2305843009213693952}"#, "max_position_embeddings 2305843009213693952"),
+            (r#"{"hidden_size": 1099511627776, "num_attention_heads": 1}"#, "hidden_size 1099511627776"),
+            (r#"{"vocab_size": 18446744073709551615}"#, "vocab_size 18446744073709551615"),
+            (r#"{"num_key_value_heads": 100000}"#, "num_key_value_heads 100000"),
+            (r#"{"rms_norm_eps": -1.0}"#, "rms_norm_eps -1"),
+            (r#"{"rope_theta": 0.0}"#, "rope_theta 0"),
+            (r#"{"bos_token_id": 40000}"#, "bos_token_id 40000 is outside the vocabulary"),
+            (r#"{"intermediate_size": 0}"#, "must be positive"),
+        ] {
+            let err = llama(json).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("llm/config.json"), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn absurd_vision_values_are_refused_with_the_number() {
+        let vision = |json: &str| -> Result<()> {
+            let cfg: VisionRepoConfig = serde_json::from_str(json).unwrap();
+            cfg.validate(Path::new("vision/config.json"))
+        };
+        assert!(vision(r#"{"vision_config": {}, "qformer_config": {}}"#).is_ok());
+        for (json, want) in [
+            (
+                r#"{"vision_config": {"num_hidden_layers": 5000}, "qformer_config": {}}"#,
+                "vision_config.num_hidden_layers 5000",
+            ),
+            (
+                r#"{"vision_config": {}, "qformer_config": {"intermediate_size": 99999999}}"#,
+                "qformer_config.intermediate_size 99999999",
+            ),
+            (r#"{"vision_config": {}, "qformer_config": {}, "num_query_tokens": 100000}"#, "num_query_tokens 100000"),
+            (r#"{"vision_config": {"layer_norm_eps": 2.0}, "qformer_config": {}}"#, "vision_config.layer_norm_eps 2"),
+        ] {
+            let err = vision(json).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
 }

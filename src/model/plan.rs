@@ -142,8 +142,15 @@ fn amx_available(level: u8) -> bool {
     false
 }
 
+/// Product of sizes; saturates instead of overflowing, so an absurd request comes out as an
+/// absurd (refused) plan rather than a wrapped small one. (Configs are bounded by
+/// `LlamaConfig::validate`, under which nothing here comes near overflow.)
+fn mul(factors: &[u64]) -> u64 {
+    factors.iter().fold(1u64, |a, &f| a.saturating_mul(f))
+}
+
 fn elems(shape: &[usize]) -> u64 {
-    shape.iter().product::<usize>() as u64
+    mul(&shape.iter().map(|&d| d as u64).collect::<Vec<_>>())
 }
 
 /// KV-cache buffer capacity after prefilling `prompt` positions and decoding up to `context`.
@@ -151,13 +158,15 @@ fn cache_capacity(prompt: usize, context: usize) -> usize {
     let mut cap = 0usize;
     let grow = |need: usize, cap: &mut usize| {
         if need > *cap {
-            *cap = need.next_multiple_of(CACHE_STEP).max(*cap * 2);
+            *cap = need.checked_next_multiple_of(CACHE_STEP).unwrap_or(usize::MAX).max(cap.saturating_mul(2));
         }
     };
     let mut filled = 0;
     while filled < prompt {
-        filled = (filled + PREFILL_CHUNK).min(prompt);
+        filled = filled.saturating_add(PREFILL_CHUNK).min(prompt);
         grow(filled, &mut cap);
+        // The chunks that end within the capacity change nothing: skip them.
+        filled += (cap.min(prompt) - filled) / PREFILL_CHUNK * PREFILL_CHUNK;
     }
     while filled < context {
         filled = (filled + 1).max(cap.min(context));
@@ -167,11 +176,16 @@ fn cache_capacity(prompt: usize, context: usize) -> usize {
 }
 
 pub fn estimate(r: &PlanRequest<'_>) -> Plan {
+    // A prompt cannot be longer than the context it is part of.
+    let r = &PlanRequest { prompt: r.prompt.min(r.context), ..*r };
     let dsize = r.dtype.size_in_bytes() as u64;
     // Vision repo: everything in the running dtype except LayerNorms, kept in f32.
     let mut vision = vision_tensors(r.vision);
     vision.extend(projection_tensors(r.vision, r.llm.hidden_size));
-    let vision_weights: u64 = vision.iter().map(|(n, s)| elems(s) * if n.contains("norm") { 4 } else { dsize }).sum();
+    let vision_weights: u64 = vision
+        .iter()
+        .map(|(n, s)| mul(&[elems(s), if n.contains("norm") { 4 } else { dsize }]))
+        .fold(0, u64::saturating_add);
 
     // LLM: linear layers quantized when asked; embeddings in dtype; norms in f32.
     let linear = |n: &str| n.ends_with("_proj.weight") || n == "lm_head.weight";
@@ -183,41 +197,42 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
         let e = elems(&shape);
         // Beyond the final weight, loading holds the tensor as read (file precision) while it is
         // converted, and when quantizing also its f32 copy.
-        let mut file = e * r.llm_file_dtype.size_in_bytes() as u64;
+        let mut file = mul(&[e, r.llm_file_dtype.size_in_bytes() as u64]);
         if r.delta && !super::delta::taken_from_delta(&name) {
             // Base and delta as read, both widened to f32, and their sum.
-            file = 2 * file + 3 * e * 4;
+            file = mul(&[2, file]).saturating_add(mul(&[3, e, 4]));
         }
         let (bytes, transient) = if name.contains("norm") {
-            (e * 4, file)
+            (mul(&[e, 4]), file)
         } else if let (Some(q), true) = (r.quant.and_then(|q| q.for_rows(shape[1])), linear(&name)) {
             if r.on_cpu {
                 // The LM head only ever sees the last position (m = 1).
                 let m = if name == "lm_head.weight" { 1 } else { chunk };
                 let per = repack_bytes_per_weight(q, shape[0], shape[1], m)
                     .max(repack_bytes_per_weight(q, shape[0], shape[1], 1));
-                repacked += (e as f64 * per) as u64;
+                repacked = repacked.saturating_add((e as f64 * per) as u64);
             }
-            (q.bytes(e), file + e * 4)
+            (q.bytes(e), file.saturating_add(mul(&[e, 4])))
         } else {
-            (e * dsize, file)
+            (mul(&[e, dsize]), file)
         };
-        llm_weights += bytes;
+        llm_weights = llm_weights.saturating_add(bytes);
         loading = loading.max(transient);
     }
     for (_, shape) in &vision {
-        loading = loading.max(elems(shape) * r.vision_file_dtype.size_in_bytes() as u64);
+        loading = loading.max(mul(&[elems(shape), r.vision_file_dtype.size_in_bytes() as u64]));
     }
     // RoPE tables (cos and sin for every position).
-    llm_weights += (r.llm.max_position_embeddings * r.llm.head_dim()) as u64 * dsize;
+    llm_weights =
+        llm_weights.saturating_add(mul(&[r.llm.max_position_embeddings as u64, r.llm.head_dim() as u64, dsize]));
 
     let cfg = r.llm;
-    let kv_width = (cfg.num_kv_heads() * cfg.head_dim()) as u64;
+    let kv_width = mul(&[cfg.num_kv_heads() as u64, cfg.head_dim() as u64]);
     let cap = cache_capacity(r.prompt, r.context) as u64;
-    let per_layer = 2 * cap * kv_width * dsize;
+    let per_layer = mul(&[2, cap, kv_width, dsize]);
     // A growing layer holds its old buffer next to the new one for a moment.
     let old_cap = if cap > CACHE_STEP as u64 { cap / 2 } else { 0 };
-    let kv_cache = per_layer * cfg.num_hidden_layers as u64 + 2 * old_cap * kv_width * dsize;
+    let kv_cache = mul(&[per_layer, cfg.num_hidden_layers as u64]).saturating_add(mul(&[2, old_cap, kv_width, dsize]));
 
     // Largest live activations of one step: a prefill chunk through one LLM layer (f32 scores
     // and their softmax, the MLP's three intermediates, q/k/v/out and the residual stream), or
@@ -225,22 +240,38 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
     let n = r.prompt.clamp(1, PREFILL_CHUNK) as u64;
     let keys = r.context.max(1) as u64;
     let heads = cfg.num_attention_heads as u64;
-    let llm_act = 2 * heads * n * keys * 4
-        + 3 * n * cfg.intermediate_size as u64 * dsize
-        + 6 * n * cfg.hidden_size as u64 * dsize
-        + 2 * keys * kv_width * dsize; // repeated keys/values for grouped attention
+    let llm_act = [
+        mul(&[2, heads, n, keys, 4]),
+        mul(&[3, n, cfg.intermediate_size as u64, dsize]),
+        mul(&[6, n, cfg.hidden_size as u64, dsize]),
+        mul(&[2, keys, kv_width, dsize]), // repeated keys/values for grouped attention
+    ]
+    .into_iter()
+    .fold(0, u64::saturating_add);
     let v = &r.vision.vision_config;
-    let tokens = ((v.image_size / v.patch_size).pow(2) + 1) as u64;
-    let vision_act = 2 * v.num_attention_heads as u64 * tokens * tokens * 4
-        + 2 * tokens * v.intermediate_size as u64 * dsize
-        + 6 * tokens * v.hidden_size as u64 * dsize
-        + tokens * (3 * v.patch_size * v.patch_size) as u64 * dsize;
-    let activations = llm_act.max(vision_act) + cfg.vocab_size as u64 * 4 * 2;
+    let side = (v.image_size / v.patch_size.max(1)) as u64;
+    let tokens = mul(&[side, side]).saturating_add(1);
+    let vision_act = [
+        mul(&[2, v.num_attention_heads as u64, tokens, tokens, 4]),
+        mul(&[2, tokens, v.intermediate_size as u64, dsize]),
+        mul(&[6, tokens, v.hidden_size as u64, dsize]),
+        mul(&[tokens, 3, v.patch_size as u64, v.patch_size as u64, dsize]),
+    ]
+    .into_iter()
+    .fold(0, u64::saturating_add);
+    let activations = llm_act.max(vision_act).saturating_add(mul(&[cfg.vocab_size as u64, 4, 2]));
 
     let runtime = RUNTIME_BYTES;
     // Loading's extra is gone before anything runs; running adds the cache, activations and
     // repacked copies. The peak is the weights plus the larger of the two.
-    let total = runtime + vision_weights + llm_weights + loading.max(kv_cache + activations + repacked);
+    let total = [
+        runtime,
+        vision_weights,
+        llm_weights,
+        loading.max(kv_cache.saturating_add(activations).saturating_add(repacked)),
+    ]
+    .into_iter()
+    .fold(0, u64::saturating_add);
     Plan { vision_weights, llm_weights, kv_cache, activations, repacked, loading, runtime, total, context: r.context }
 }
 
@@ -424,5 +455,42 @@ mod tests {
         assert_eq!(cache_capacity(300, 316), 512);
         assert_eq!(cache_capacity(100, 1500), 2048);
         assert_eq!(cache_capacity(1200, 1200), 2048); // chunks of 512 → 512, 1024, 2048
+    }
+
+    #[test]
+    fn absurd_requests_saturate_instead_of_wrapping() {
+        let (v, mut l) = ziya();
+        l.max_position_embeddings = usize::MAX / 2;
+        let p = estimate(&PlanRequest {
+            vision: &v,
+            llm: &l,
+            dtype: DType::F32,
+            quant: None,
+            vision_file_dtype: DType::F32,
+            llm_file_dtype: DType::F16,
+            prompt: usize::MAX,
+            context: usize::MAX,
+            on_cpu: true,
+            delta: true,
+        });
+        assert_eq!(p.total, u64::MAX);
+        assert!(check_fits(
+            &p,
+            Some(1 << 40),
+            &PlanRequest {
+                vision: &v,
+                llm: &l,
+                dtype: DType::F16,
+                quant: None,
+                vision_file_dtype: DType::F32,
+                llm_file_dtype: DType::F16,
+                prompt: 1,
+                context: 1,
+                on_cpu: true,
+                delta: false,
+            }
+        )
+        .is_err());
+        assert_eq!(cache_capacity(usize::MAX, usize::MAX), usize::MAX);
     }
 }
