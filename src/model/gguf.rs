@@ -146,3 +146,363 @@ pub fn quantize_to_gguf(
     w.commit()?;
     Ok(out.to_path_buf())
 }
+
+/// The most metadata values (array elements included) a GGUF header may hold: candle builds
+/// each as a 32-byte value, so this bounds what the header can make it allocate (llama.cpp
+/// files with a 150k-token vocabulary have about half a million).
+const MAX_GGUF_VALUES: u64 = 4 << 20;
+/// The largest alignment accepted (llama.cpp uses 32).
+const MAX_GGUF_ALIGNMENT: u64 = 1 << 20;
+
+/// Reads a GGUF header as a stream, always knowing how much of the file is left.
+struct HeaderReader<'a, R> {
+    r: &'a mut R,
+    pos: u64,
+    file_size: u64,
+    /// Lengths and counts are u64 from version 2 on, u32 before.
+    wide: bool,
+    /// Metadata values seen so far (array elements included).
+    values: u64,
+}
+
+impl<R: std::io::Read + std::io::Seek> HeaderReader<'_, R> {
+    fn bytes<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+        let mut b = [0u8; N];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|_| format!("the header ends early (at byte {}): truncated file?", self.pos))?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+    fn len(&mut self) -> std::result::Result<u64, String> {
+        if self.wide {
+            self.u64()
+        } else {
+            self.u32().map(u64::from)
+        }
+    }
+    fn left(&self) -> u64 {
+        self.file_size.saturating_sub(self.pos)
+    }
+    /// Skips `n` bytes that must lie inside the file.
+    fn skip(&mut self, n: u64, what: &str) -> std::result::Result<(), String> {
+        if n > self.left() {
+            return Err(format!(
+                "{what} at byte {} claims {n} bytes, past the end of the file ({} bytes)",
+                self.pos, self.file_size
+            ));
+        }
+        self.r.seek(std::io::SeekFrom::Current(n as i64)).map_err(|e| e.to_string())?;
+        self.pos += n;
+        Ok(())
+    }
+    /// Size of a fixed-size metadata type, 0 for strings and arrays.
+    fn fixed_size(t: u32) -> std::result::Result<u64, String> {
+        Ok(match t {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 | 9 => 0,
+            other => return Err(format!("unknown metadata value type {other}")),
+        })
+    }
+    fn count_values(&mut self, n: u64) -> std::result::Result<(), String> {
+        self.values = self.values.saturating_add(n);
+        if self.values > MAX_GGUF_VALUES {
+            return Err(format!("the metadata holds more than {MAX_GGUF_VALUES} values"));
+        }
+        Ok(())
+    }
+    /// Skips one metadata value of type `t`.
+    fn skip_value(&mut self, t: u32, depth: usize) -> std::result::Result<(), String> {
+        if depth > 64 {
+            return Err("the metadata nests arrays more than 64 deep".into());
+        }
+        self.count_values(1)?;
+        match Self::fixed_size(t)? {
+            0 if t == 8 => {
+                let len = self.len()?;
+                self.skip(len, "a metadata string")
+            }
+            0 => {
+                let inner = self.u32()?;
+                let count = self.len()?;
+                let min = match Self::fixed_size(inner)? {
+                    0 if inner == 8 => {
+                        if self.wide {
+                            8
+                        } else {
+                            4
+                        }
+                    }
+                    0 => {
+                        if self.wide {
+                            12
+                        } else {
+                            8
+                        }
+                    }
+                    n => n,
+                };
+                if count.saturating_mul(min) > self.left() {
+                    return Err(format!(
+                        "a metadata array at byte {} claims {count} elements, more than the file holds",
+                        self.pos
+                    ));
+                }
+                self.count_values(count)?;
+                if Self::fixed_size(inner)? > 0 {
+                    self.skip(count * min, "a metadata array")
+                } else {
+                    (0..count).try_for_each(|_| self.skip_value(inner, depth + 1))
+                }
+            }
+            n => self.skip(n, "a metadata value"),
+        }
+    }
+}
+
+/// Checks a GGUF header against the file before candle reads it: magic and version, counts that
+/// the file can hold, every string and array inside the file, `general.alignment` a power of two,
+/// and every tensor's dimensions (at most 4, product without overflow, whole blocks), type,
+/// alignment and data range (inside the file, not overlapping another). Reads the header as a
+/// stream and allocates nothing sized by it beyond one small entry per tensor.
+pub fn check_header<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::result::Result<(), String> {
+    use std::io::SeekFrom;
+    let file_size = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut h = HeaderReader { r, pos: 0, file_size, wide: true, values: 0 };
+    let magic = h.u32()?;
+    if magic != 0x4655_4747 {
+        return Err(format!("not a GGUF file (magic {magic:#010x})"));
+    }
+    let version = h.u32()?;
+    if !(1..=3).contains(&version) {
+        return Err(format!("GGUF version {version} is not supported (1 to 3)"));
+    }
+    h.wide = version >= 2;
+    let len_size = if h.wide { 8 } else { 4 };
+    let tensor_count = h.len()?;
+    let kv_count = h.len()?;
+    // Each metadata entry takes at least a key length, a type and one byte; each tensor entry at
+    // least a name length, a dimension count, a type and an offset.
+    if kv_count.saturating_mul(len_size + 5).saturating_add(tensor_count.saturating_mul(len_size + 16)) > h.left() {
+        return Err(format!(
+            "the header declares {tensor_count} tensors and {kv_count} metadata entries, more than the file's {file_size} bytes can hold"
+        ));
+    }
+    let mut alignment = candle_core::quantized::gguf_file::DEFAULT_ALIGNMENT;
+    const ALIGNMENT_KEY: &[u8] = b"general.alignment";
+    for _ in 0..kv_count {
+        let key_len = h.len()?;
+        let is_alignment = key_len == ALIGNMENT_KEY.len() as u64 && h.bytes::<17>()? == ALIGNMENT_KEY;
+        if key_len != ALIGNMENT_KEY.len() as u64 {
+            h.skip(key_len, "a metadata key")?;
+        }
+        let t = h.u32()?;
+        if is_alignment && matches!(t, 0..=5) {
+            // candle reads these types (signed ones when not negative) and divides by it.
+            h.count_values(1)?;
+            let v: i64 = match t {
+                0 => h.bytes::<1>()?[0] as i64,
+                1 => h.bytes::<1>()?[0] as i8 as i64,
+                2 => u16::from_le_bytes(h.bytes()?) as i64,
+                3 => i16::from_le_bytes(h.bytes()?) as i64,
+                4 => h.u32()? as i64,
+                _ => h.u32()? as i32 as i64,
+            };
+            if v >= 0 {
+                let v = v as u64;
+                if !v.is_power_of_two() || v > MAX_GGUF_ALIGNMENT {
+                    return Err(format!(
+                        "general.alignment {v} is not a power of two between 1 and {MAX_GGUF_ALIGNMENT}"
+                    ));
+                }
+                alignment = v;
+            }
+        } else {
+            h.skip_value(t, 0)?;
+        }
+    }
+    let mut tensors = Vec::new();
+    for i in 0..tensor_count {
+        let name_len = h.len()?;
+        h.skip(name_len, "a tensor name")?;
+        let n_dims = h.u32()?;
+        if n_dims > 4 {
+            return Err(format!("tensor {i} has {n_dims} dimensions (at most 4)"));
+        }
+        let mut elems = 1u64;
+        for _ in 0..n_dims {
+            let d = h.len()?;
+            elems = elems
+                .checked_mul(d)
+                .filter(|&e| e <= isize::MAX as u64)
+                .ok_or_else(|| format!("tensor {i}: its dimensions multiply past what memory can hold"))?;
+        }
+        let type_id = h.u32()?;
+        let dtype = ggml_dtype(type_id).ok_or_else(|| format!("tensor {i} has unknown type {type_id}"))?;
+        let offset = h.u64()?;
+        let block = dtype.block_size() as u64;
+        if elems % block != 0 {
+            return Err(format!("tensor {i}: {elems} elements is not a whole number of {block}-element blocks"));
+        }
+        let size = (elems / block)
+            .checked_mul(dtype.type_size() as u64)
+            .ok_or_else(|| format!("tensor {i}: its size overflows"))?;
+        tensors.push((i, offset, size));
+    }
+    let data_start = h.pos.div_ceil(alignment) * alignment;
+    let mut spans = Vec::with_capacity(tensors.len());
+    for (i, offset, size) in tensors {
+        if offset % alignment != 0 {
+            return Err(format!("tensor {i}: offset {offset} is not a multiple of the alignment {alignment}"));
+        }
+        match data_start.checked_add(offset).and_then(|s| Some((s, s.checked_add(size)?))) {
+            Some((start, end)) if end <= file_size => spans.push((start, end)),
+            _ => {
+                return Err(format!(
+                    "tensor {i}: its {size} bytes at offset {offset} lie past the end of the file ({file_size} bytes): truncated?"
+                ))
+            }
+        }
+    }
+    spans.sort_unstable();
+    if let Some(w) = spans.windows(2).find(|w| w[0].1 > w[1].0) {
+        return Err(format!("two tensors overlap (bytes {}..{} and {}..{})", w[0].0, w[0].1, w[1].0, w[1].1));
+    }
+    Ok(())
+}
+
+/// The GGML block formats candle reads, by their GGUF type id.
+fn ggml_dtype(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A GGUF v3 header: metadata entries already encoded, then tensors (dims, type, offset).
+    fn gguf(kv: &[(&str, Vec<u8>)], tensors: &[(&[u64], u32, u64)], data: usize) -> Vec<u8> {
+        let s = |s: &str| [(s.len() as u64).to_le_bytes().to_vec(), s.as_bytes().to_vec()].concat();
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+        for (k, v) in kv {
+            b.extend(s(k));
+            b.extend_from_slice(v);
+        }
+        for (i, (dims, ty, off)) in tensors.iter().enumerate() {
+            b.extend(s(&format!("t{i}")));
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&off.to_le_bytes());
+        }
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.resize(b.len() + data, 0);
+        b
+    }
+    fn check(b: &[u8]) -> std::result::Result<(), String> {
+        check_header(&mut Cursor::new(b))
+    }
+    fn u32v(v: u32) -> Vec<u8> {
+        [4u32.to_le_bytes(), v.to_le_bytes()].concat()
+    }
+
+    #[test]
+    fn valid_headers_pass_and_candle_reads_them() {
+        let b = gguf(
+            &[
+                ("general.alignment", u32v(32)),
+                ("s", [8u32.to_le_bytes().to_vec(), 2u64.to_le_bytes().to_vec(), b"ok".to_vec()].concat()),
+            ],
+            &[(&[32], 0, 0), (&[64], 8, 128)],
+            128 + 68,
+        );
+        check(&b).unwrap();
+        let c = gguf_file::Content::read(&mut Cursor::new(&b)).unwrap();
+        assert_eq!(c.tensor_infos.len(), 2);
+    }
+
+    #[test]
+    fn broken_headers_are_refused_before_candle_reads_them() {
+        for (b, want) in [
+            (gguf(&[("general.alignment", u32v(0))], &[(&[32], 0, 0)], 128), "general.alignment 0"),
+            (gguf(&[("general.alignment", u32v(48))], &[(&[32], 0, 0)], 128), "general.alignment 48"),
+            (gguf(&[], &[(&[32], 0, 1 << 40)], 128), "past the end"),
+            (gguf(&[], &[(&[32], 0, 16)], 256), "not a multiple of the alignment"),
+            (gguf(&[], &[(&[32], 0, 0), (&[32], 0, 64)], 256), "overlap"),
+            (gguf(&[], &[(&[1 << 32, 1 << 32, 1 << 32], 0, 0)], 128), "dimensions multiply"),
+            (gguf(&[], &[(&[1, 1, 1, 1, 1], 0, 0)], 128), "5 dimensions"),
+            (gguf(&[], &[(&[33], 8, 0)], 128), "blocks"),
+            (gguf(&[], &[(&[32], 99, 0)], 128), "unknown type 99"),
+            (gguf(&[("k", [8u32.to_le_bytes(), [0xff; 4]].concat())], &[], 0), "past the end"),
+            (
+                gguf(
+                    &[(
+                        "k",
+                        [9u32.to_le_bytes().to_vec(), 0u32.to_le_bytes().to_vec(), u64::MAX.to_le_bytes().to_vec()]
+                            .concat(),
+                    )],
+                    &[],
+                    0,
+                ),
+                "elements",
+            ),
+            (gguf(&[("k", 77u32.to_le_bytes().to_vec())], &[], 0), "unknown metadata value type 77"),
+            (b"GGUF\x03\0\0\0".to_vec(), "ends early"),
+            (b"GGML\x03\0\0\0".to_vec(), "not a GGUF"),
+        ] {
+            let err = check(&b).unwrap_err();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let mut counts = gguf(&[], &[(&[32], 0, 0)], 128);
+        counts[8..16].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(check(&counts).unwrap_err().contains("can hold"));
+    }
+
+    #[test]
+    fn deeply_nested_metadata_arrays_are_refused() {
+        let mut v = Vec::new();
+        for _ in 0..100 {
+            v.extend_from_slice(&9u32.to_le_bytes());
+            v.extend_from_slice(&1u64.to_le_bytes());
+        }
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&0u64.to_le_bytes());
+        let mut kv = 9u32.to_le_bytes().to_vec();
+        kv.extend(v);
+        let err = check(&gguf(&[("deep", kv)], &[], 64)).unwrap_err();
+        assert!(err.contains("64 deep"), "{err}");
+    }
+}

@@ -438,8 +438,13 @@ pub fn is_gguf(path: &Path) -> bool {
 }
 
 /// The header (metadata and tensor table) of a GGUF file.
+/// The header is checked first (see [`crate::model::gguf::check_header`]): candle trusts it.
 pub fn read_gguf(path: &Path) -> Result<candle_core::quantized::gguf_file::Content> {
     let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
+    crate::model::gguf::check_header(&mut f)
+        .map_err(|e| Error::checkpoint(path, format!("not a readable GGUF file: {e}")))?;
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     candle_core::quantized::gguf_file::Content::read(&mut f)
         .map_err(|e| Error::checkpoint(path, format!("not a readable GGUF file: {e}")))
 }
