@@ -8,6 +8,7 @@ pub mod files;
 pub mod gguf;
 pub mod layers;
 pub mod llama;
+pub mod pickle;
 pub mod plan;
 pub mod qformer;
 pub mod random;

@@ -34,7 +34,8 @@ impl LoadCounter {
 
 enum WeightFile {
     Safetensors(MappedSafetensors),
-    Pth(candle_core::pickle::PthTensors),
+    /// A PyTorch zip checkpoint's tensor table (see [`super::pickle`]).
+    Pth(HashMap<String, super::pickle::PthInfo>),
     /// A GGUF written by `ziya-visual quantize`: quantized tensors load as they are.
     Gguf(candle_core::quantized::gguf_file::Content),
 }
@@ -53,6 +54,7 @@ impl MappedSafetensors {
         // SAFETY: the mapping is read-only; a file changed underneath us while loading could give
         // wrong values but not memory unsafety beyond what mmap always implies.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+        check_safetensors_header(&mmap)?;
         let (n, metadata) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| match e {
             safetensors::SafeTensorError::MetadataIncompleteBuffer => {
                 "the file is truncated (its data is shorter than its header says: an incomplete download or copy?)"
@@ -85,6 +87,51 @@ impl MappedSafetensors {
         }
         Ok(tensor)
     }
+}
+
+/// The most a safetensors header may be (the safetensors crate's own limit).
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Checks a safetensors header against the file before the safetensors crate reads it: the
+/// header length inside the file, and every tensor's byte range inside the data and its shape's
+/// product without overflow (the crate adds and multiplies these unchecked in places).
+pub fn check_safetensors_header(b: &[u8]) -> std::result::Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        data_offsets: Option<(u64, u64)>,
+        #[serde(default)]
+        shape: Option<Vec<u64>>,
+    }
+    let n = u64::from_le_bytes(
+        b.get(..8).ok_or("the file is shorter than a safetensors header")?.try_into().map_err(|_| "bad header")?,
+    );
+    if n > MAX_SAFETENSORS_HEADER {
+        return Err(format!("the header claims {n} bytes (at most {MAX_SAFETENSORS_HEADER})"));
+    }
+    let data_len = (b.len() as u64).checked_sub(8 + n).ok_or_else(|| {
+        format!("the header claims {n} bytes but the file has {} (truncated: an incomplete download or copy?)", b.len())
+    })?;
+    let header = std::str::from_utf8(&b[8..8 + n as usize]).map_err(|_| "the header is not UTF-8 text")?;
+    let entries: HashMap<String, Raw> =
+        serde_json::from_str(header).map_err(|e| format!("the header is not valid: {e}"))?;
+    for (name, e) in &entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let (start, end) = e.data_offsets.ok_or_else(|| format!("tensor `{name}` has no data_offsets"))?;
+        if start > end || end > data_len {
+            return Err(format!(
+                "tensor `{name}` claims bytes {start}..{end} but the data is {data_len} bytes (truncated file?)"
+            ));
+        }
+        let shape = e.shape.as_deref().unwrap_or(&[]);
+        shape
+            .iter()
+            .try_fold(8u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| format!("tensor `{name}`: its shape {shape:?} overflows"))?;
+    }
+    Ok(())
 }
 
 struct Entry {
@@ -170,11 +217,11 @@ impl Checkpoint {
                 }
                 WeightFile::Safetensors(st)
             } else {
-                let pth = candle_core::pickle::PthTensors::new(path, None)
+                let pth = super::pickle::read_infos(path)
                     .map_err(|e| Error::checkpoint(path, format!("not a readable PyTorch checkpoint: {e}")))?;
-                for (name, info) in pth.tensor_infos() {
-                    let shape = info.layout.shape().clone();
-                    let bytes = (shape.elem_count() * info.dtype.size_in_bytes()) as u64;
+                for (name, info) in &pth {
+                    let shape = Shape::from(info.shape.clone());
+                    let bytes = info.byte_len() as u64;
                     entries.insert(name.clone(), Entry { file: idx, shape, dtype: info.dtype, bytes, quantized: None });
                 }
                 WeightFile::Pth(pth)
@@ -274,9 +321,8 @@ impl Checkpoint {
                 Ok(())
             }
             WeightFile::Pth(pth) => {
-                use std::io::Read;
-                let info = pth.tensor_infos().get(name).ok_or_else(|| wrap("not in file".into()))?;
-                if !info.layout.is_contiguous() {
+                let info = pth.get(name).ok_or_else(|| wrap("not in file".into()))?;
+                if info.fortran {
                     // Rare (transposed storage): read it whole.
                     let bytes = tensor_bytes(&self.load_raw(name)?)?;
                     for piece in bytes.chunks(CHUNK) {
@@ -284,21 +330,23 @@ impl Checkpoint {
                     }
                     return Ok(());
                 }
-                let size = info.dtype.size_in_bytes();
-                let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
-                let mut zip = zip::ZipArchive::new(reader).map_err(|e| wrap(e.to_string()))?;
-                let mut entry = zip.by_name(&info.path).map_err(|e| wrap(e.to_string()))?;
-                let skip = (info.layout.start_offset() * size) as u64;
-                std::io::copy(&mut (&mut entry).take(skip), &mut std::io::sink()).map_err(|e| wrap(e.to_string()))?;
-                let mut left = info.layout.shape().elem_count() * size;
+                let mut left = info.byte_len();
                 let mut buf = vec![0u8; CHUNK.min(left.max(1))];
-                while left > 0 {
-                    let n = left.min(buf.len());
-                    entry.read_exact(&mut buf[..n]).map_err(|e| wrap(format!("the file is truncated? {e}")))?;
-                    f(&buf[..n])?;
-                    left -= n;
-                }
-                Ok(())
+                let mut failure = None;
+                super::pickle::open_data(path, info, &mut |entry| {
+                    while left > 0 {
+                        let n = left.min(buf.len());
+                        entry.read_exact(&mut buf[..n]).map_err(|e| format!("the file is truncated? {e}"))?;
+                        if let Err(e) = f(&buf[..n]) {
+                            failure = Some(e);
+                            return Ok(());
+                        }
+                        left -= n;
+                    }
+                    Ok(())
+                })
+                .map_err(wrap)?;
+                failure.map_or(Ok(()), Err)
             }
         }
     }
@@ -367,10 +415,13 @@ impl Checkpoint {
             WeightFile::Safetensors(st) => {
                 st.load(name).map_err(|e| Error::checkpoint(path, format!("reading tensor `{name}`: {e}")))?
             }
-            WeightFile::Pth(pth) => pth
-                .get(name)
-                .map_err(wrap)?
-                .ok_or_else(|| Error::checkpoint(path, format!("tensor `{name}` vanished from the file")))?,
+            WeightFile::Pth(pth) => {
+                let info = pth
+                    .get(name)
+                    .ok_or_else(|| Error::checkpoint(path, format!("tensor `{name}` vanished from the file")))?;
+                super::pickle::load(path, info)
+                    .map_err(|e| Error::checkpoint(path, format!("reading tensor `{name}`: {e}")))?
+            }
             WeightFile::Gguf(content) => {
                 let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
                 let q = content.tensor(&mut f, name, &Device::Cpu).map_err(wrap)?;
@@ -486,7 +537,7 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     struct Index {
         weight_map: HashMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = crate::model::config::read_text_limited(index, 64 << 20)?;
     let parsed: Index =
         serde_json::from_str(&text).map_err(|e| Error::checkpoint(index, format!("not a valid weight index: {e}")))?;
     let dir = index.parent().unwrap_or(Path::new("."));
@@ -494,7 +545,16 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     names.sort();
     names.dedup();
     let mut files = Vec::with_capacity(names.len());
+    let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
     for name in names {
+        // Shards live in the model's folder: a name that leads elsewhere is refused.
+        let rel = Path::new(name);
+        let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+            && rel.components().next().is_some()
+            && dir.join(rel).canonicalize().map_or(true, |p| p.starts_with(&root));
+        if !inside {
+            return Err(Error::checkpoint(index, format!("shard `{name}` is not a file inside the model's folder")));
+        }
         let path = dir.join(name);
         if !path.is_file() {
             return Err(Error::checkpoint(&path, format!("shard listed in {} is missing", index.display())));
@@ -565,5 +625,64 @@ impl Weights {
 
     pub fn checkpoint(&self) -> &Arc<Checkpoint> {
         &self.ckpt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(header: &str, data: usize) -> Vec<u8> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(b.len() + data, 0);
+        b
+    }
+
+    #[test]
+    fn safetensors_headers_are_checked_against_the_file() {
+        check_safetensors_header(&st(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"x":"y"}}"#,
+            8,
+        ))
+        .unwrap();
+        for (b, want) in [
+            (st(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4), "claims bytes 0..8"),
+            (st(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#, 8), "claims bytes 8..0"),
+            (
+                st(
+                    r#"{"a":{"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,9223372036854775808]},
+                   "b":{"dtype":"U8","shape":[9223372036854775807],"data_offsets":[9223372036854775808,18446744073709551615]}}"#,
+                    0,
+                ),
+                "claims bytes",
+            ),
+            (st(r#"{"a":{"dtype":"F64","shape":[1099511627776,1099511627776],"data_offsets":[0,8]}}"#, 8), "overflows"),
+            (st(r#"{"a":{"dtype":"F32","shape":[2]}}"#, 8), "no data_offsets"),
+            (st(r#"{"a":"#, 8), "not valid"),
+            (vec![1, 2, 3], "shorter"),
+        ] {
+            let err = check_safetensors_header(&b).unwrap_err();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let mut long = st("{}", 0);
+        long[..8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(check_safetensors_header(&long).unwrap_err().contains("the header claims 4611686018427387904"));
+        long[..8].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(check_safetensors_header(&long).unwrap_err().contains("truncated"));
+    }
+
+    #[test]
+    fn shards_named_outside_the_folder_are_refused() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("llm");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(outer.path().join("elsewhere.bin"), b"x").unwrap();
+        for name in ["../elsewhere.bin", "/etc/passwd", "a/../../elsewhere.bin"] {
+            let index = dir.join("pytorch_model.bin.index.json");
+            std::fs::write(&index, format!(r#"{{"weight_map": {{"w": "{name}"}}}}"#)).unwrap();
+            let err = shards_from_index(&index).unwrap_err().to_string();
+            assert!(err.contains("not a file inside the model's folder"), "{name}: {err}");
+        }
     }
 }
