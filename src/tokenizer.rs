@@ -17,6 +17,33 @@ pub struct ChatTokenizer {
     unsettled: Vec<bool>,
 }
 
+/// The largest tokenizer file read: real ones are a few megabytes (LLaMA's tokenizer.json
+/// 1.8 MB, large multilingual ones about 30 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+/// A tokenizer file's bytes: a regular file of at most [`MAX_TOKENIZER_BYTES`].
+fn read_limited(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let err = |msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(err("is not a regular file".into()));
+    }
+    if meta.len() > MAX_TOKENIZER_BYTES {
+        return Err(err(format!(
+            "is {} bytes; tokenizer files of up to {MAX_TOKENIZER_BYTES} bytes are read",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_TOKENIZER_BYTES + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
+        return Err(err(format!("grew past {MAX_TOKENIZER_BYTES} bytes while it was read")));
+    }
+    Ok(bytes)
+}
+
 impl ChatTokenizer {
     /// Loads `tokenizer.json` from the LLM folder, falling back to `tokenizer.model`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
@@ -36,21 +63,27 @@ impl ChatTokenizer {
 
     /// A tokenizer.json given as text (e.g. the one a GGUF carries); `source` names it in errors.
     pub fn from_json_str(json: &str, source: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::Tokenizer {
-            path: source.to_path_buf(),
-            msg: format!("the embedded tokenizer cannot be loaded: {e}"),
-        })?;
-        Ok(Self::wrap(inner, source))
+        Self::from_json_bytes(json.as_bytes(), source).map_err(|e| match e {
+            Error::Tokenizer { path, msg } => {
+                Error::Tokenizer { path, msg: msg.replacen("cannot load", "the embedded tokenizer cannot be loaded", 1) }
+            }
+            other => other,
+        })
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path)
+        Self::from_json_bytes(&read_limited(path)?, path)
+    }
+
+    /// A tokenizer from tokenizer.json text; `path` names it in errors.
+    pub fn from_json_bytes(json: &[u8], path: &Path) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(json)
             .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), msg: format!("cannot load: {e}") })?;
         Ok(Self::wrap(inner, path))
     }
 
     pub fn from_sentencepiece_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_limited(path)?;
         let err = |msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
         let json = sentencepiece::to_tokenizer_json(&bytes).map_err(err)?;
         let inner = Tokenizer::from_bytes(json.to_string().as_bytes())
