@@ -7,6 +7,8 @@
 //!   egui_kittest;
 //! - `long_story`: the oldest turns leave the context by a fixed rule, as the reference does;
 //! - `interrupted_save`: a save killed halfway leaves the previous file intact;
+//! - `hostile`: every class of hostile input (images, sessions, exports, checkpoints, configs,
+//!   arguments) through the real binary, under a memory limit and a clock;
 //! - `server`: `ziya-visual serve`, the OpenAI-compatible endpoint, over HTTP.
 
 mod common;
@@ -17,6 +19,7 @@ mod app_ui;
 mod ask_cli;
 mod delta;
 mod gguf;
+mod hostile;
 mod interrupted_save;
 mod long_story;
 mod parity;
