@@ -235,17 +235,18 @@ fn escape(s: &str) -> String {
 /// Whether a link target may become a live link in an export: only `http:`, `https:` and
 /// `mailto:` (an email autolink gets `mailto:` from the renderer). Relative and
 /// protocol-relative targets lead nowhere useful from an offline file and are refused too.
-/// Browsers drop tabs and newlines inside URLs and ignore leading spaces and controls, so the
-/// scheme is read the same way (`java\tscript:` is `javascript:`); entities were already
-/// decoded by the parser.
+/// Entities were already decoded by the parser; a target with any control character or space
+/// is refused outright (browsers drop tabs and newlines inside URLs, so `java\tscript:` would be
+/// `javascript:`).
 fn is_safe_link(dest: &str, link_type: pulldown_cmark::LinkType) -> bool {
     if link_type == pulldown_cmark::LinkType::Email {
         return true;
     }
-    let cleaned: String =
-        dest.trim_start_matches(|c: char| c <= ' ').chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).collect();
-    let Some(colon) = cleaned.find(':') else { return false };
-    let scheme = &cleaned[..colon];
+    if dest.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return false;
+    }
+    let Some(colon) = dest.find(':') else { return false };
+    let scheme = &dest[..colon];
     if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
         return false; // a '/', '?' or '#' before the colon: a relative URL
     }
