@@ -254,6 +254,20 @@ fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
         // 16-bit and float images: Pillow keeps the high byte of 16-bit RGB; do the same.
         DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgb32F(_) => return img.to_rgb8(),
         DynamicImage::ImageRgba8(rgba) => rgba,
+        // Grey (with or without alpha) straight to RGB: no RGBA copy four times the size.
+        DynamicImage::ImageLuma8(g) => {
+            return RgbImage::from_fn(g.width(), g.height(), |x, y| {
+                let l = g.get_pixel(x, y).0[0];
+                image::Rgb([l, l, l])
+            })
+        }
+        DynamicImage::ImageLumaA8(g) => {
+            return RgbImage::from_fn(g.width(), g.height(), |x, y| {
+                let [l, a] = g.get_pixel(x, y).0;
+                let c = composite_on_white(l, a);
+                image::Rgb([c, c, c])
+            })
+        }
         other => other.to_rgba8(),
     };
     let (w, h) = rgba.dimensions();
@@ -588,5 +602,21 @@ mod tests {
         std::fs::File::create(&big).unwrap().set_len(MAX_IMAGE_FILE_BYTES + 1).unwrap();
         let err = read_image_file(&big).unwrap_err().to_string();
         assert!(err.contains("big.png") && err.contains("images of up to"), "{err}");
+    }
+
+    #[test]
+    fn grey_images_convert_as_through_rgba() {
+        let la = image::GrayAlphaImage::from_fn(7, 5, |x, y| image::LumaA([(x * 37 + y) as u8, (y * 60) as u8]));
+        let via_rgba = |img: DynamicImage| {
+            let rgba = img.to_rgba8();
+            RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+                let [r, g, b, a] = rgba.get_pixel(x, y).0;
+                image::Rgb([composite_on_white(r, a), composite_on_white(g, a), composite_on_white(b, a)])
+            })
+        };
+        let img = DynamicImage::ImageLumaA8(la.clone());
+        assert_eq!(to_rgb_like_pil(img.clone()), via_rgba(img));
+        let l = DynamicImage::ImageLuma8(image::GrayImage::from_fn(7, 5, |x, y| image::Luma([(x * 30 + y) as u8])));
+        assert_eq!(to_rgb_like_pil(l.clone()), via_rgba(l));
     }
 }

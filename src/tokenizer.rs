@@ -64,9 +64,10 @@ impl ChatTokenizer {
     /// A tokenizer.json given as text (e.g. the one a GGUF carries); `source` names it in errors.
     pub fn from_json_str(json: &str, source: &Path) -> Result<Self> {
         Self::from_json_bytes(json.as_bytes(), source).map_err(|e| match e {
-            Error::Tokenizer { path, msg } => {
-                Error::Tokenizer { path, msg: msg.replacen("cannot load", "the embedded tokenizer cannot be loaded", 1) }
-            }
+            Error::Tokenizer { path, msg } => Error::Tokenizer {
+                path,
+                msg: msg.replacen("cannot load", "the embedded tokenizer cannot be loaded", 1),
+            },
             other => other,
         })
     }

@@ -55,7 +55,12 @@ impl ImageWorker {
                     .name(format!("ziya-images-{i}"))
                     .spawn(move || {
                         for job in job_rx {
-                            let _ = res_tx.send(process(job));
+                            // A decoder bug must not leave the job unanswered (the attachment
+                            // would wait forever) nor end this worker.
+                            let failed = failure_for(&job);
+                            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(job)))
+                                .unwrap_or(failed);
+                            let _ = res_tx.send(result);
                             waker();
                         }
                     })
@@ -82,6 +87,22 @@ impl Drop for ImageWorker {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// What a job answers when decoding fails unexpectedly.
+fn failure_for(job: &ImageJob) -> ImageResult {
+    let msg = "the decoder failed on this file";
+    match job {
+        ImageJob::File { key, path } => {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            ImageResult::Refused { key: *key, name, refusal: Refusal::NotAnImage(msg.into()) }
+        }
+        ImageJob::Pasted { key, name, .. } => {
+            ImageResult::Refused { key: *key, name: name.clone(), refusal: Refusal::NotAnImage(msg.into()) }
+        }
+        ImageJob::Thumbnail { hash, .. } => ImageResult::Thumbnail { hash: hash.clone(), thumb: Err(msg.into()) },
+        ImageJob::Large { hash, .. } => ImageResult::Large { hash: hash.clone(), image: Err(msg.into()) },
     }
 }
 
