@@ -351,7 +351,7 @@ pub fn check_header<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::result:
         let dtype = ggml_dtype(type_id).ok_or_else(|| format!("tensor {i} has unknown type {type_id}"))?;
         let offset = h.u64()?;
         let block = dtype.block_size() as u64;
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(format!("tensor {i}: {elems} elements is not a whole number of {block}-element blocks"));
         }
         let size = (elems / block)
@@ -362,7 +362,7 @@ pub fn check_header<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::result:
     let data_start = h.pos.div_ceil(alignment) * alignment;
     let mut spans = Vec::with_capacity(tensors.len());
     for (i, offset, size) in tensors {
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(format!("tensor {i}: offset {offset} is not a multiple of the alignment {alignment}"));
         }
         match data_start.checked_add(offset).and_then(|s| Some((s, s.checked_add(size)?))) {
@@ -426,7 +426,7 @@ mod tests {
             b.extend_from_slice(&ty.to_le_bytes());
             b.extend_from_slice(&off.to_le_bytes());
         }
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b.resize(b.len() + data, 0);

@@ -299,7 +299,7 @@ impl<'a> Machine<'a> {
                 b'}' => self.push(Obj::Dict(Self::node(Vec::new())))?,
                 b'd' => {
                     let items = self.pop_to_mark()?;
-                    if items.len() % 2 != 0 {
+                    if !items.len().is_multiple_of(2) {
                         return Err("the pickle makes a dict of an odd number of items".into());
                     }
                     self.push(Obj::Dict(Self::node(items)))?;
@@ -319,7 +319,7 @@ impl<'a> Machine<'a> {
                 }
                 b'u' => {
                     let items = self.pop_to_mark()?;
-                    if items.len() % 2 != 0 {
+                    if !items.len().is_multiple_of(2) {
                         return Err("the pickle sets an odd number of dict items".into());
                     }
                     self.extend_top(true, items)?;
@@ -372,8 +372,20 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// A tensor as the pickle describes it, before it is checked against the zip.
+struct TensorRecord {
+    dtype: DType,
+    shape: Vec<usize>,
+    stride: Vec<usize>,
+    offset: usize,
+    /// The storage's key (its entry is `<archive>/data/<key>`).
+    key: String,
+    /// The storage's length in elements.
+    storage_elems: usize,
+}
+
 /// The tensor a state-dict value describes, or `None` for values that are not tensors.
-fn tensor_of(value: &Obj) -> R<Option<(DType, Vec<usize>, Vec<usize>, usize, String, usize)>> {
+fn tensor_of(value: &Obj) -> R<Option<TensorRecord>> {
     let Obj::Reduce(r) = value else { return Ok(None) };
     let (mut callable, mut args) = Obj::pair(r);
     // Parameters and tensor subclasses wrap the plain rebuild.
@@ -434,7 +446,7 @@ fn tensor_of(value: &Obj) -> R<Option<(DType, Vec<usize>, Vec<usize>, usize, Str
     if stride.len() != shape.len() {
         return Err("a tensor whose shape and stride differ in length".into());
     }
-    Ok(Some((dtype, shape, stride, offset, key, storage_elems)))
+    Ok(Some(TensorRecord { dtype, shape, stride, offset, key, storage_elems }))
 }
 
 fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
@@ -484,7 +496,7 @@ pub fn read_infos(path: &Path) -> R<HashMap<String, PthInfo>> {
         let Obj::Dict(items) = root else { continue };
         for kv in items.items.chunks_exact(2) {
             let Some(name) = kv[0].as_str() else { continue };
-            let Some((dtype, shape, stride, offset, key, storage_elems)) =
+            let Some(TensorRecord { dtype, shape, stride, offset, key, storage_elems }) =
                 tensor_of(&kv[1]).map_err(|e| format!("tensor `{name}`: {e}"))?
             else {
                 continue;
@@ -667,7 +679,7 @@ mod tests {
             ]))
         };
         let ok = tensor_of(&rebuild(vec![storage(6), Obj::Int(0), ints(&[2, 3]), ints(&[3, 1])])).unwrap().unwrap();
-        assert_eq!(ok.1, [2, 3]);
+        assert_eq!((ok.shape, ok.stride, ok.storage_elems), (vec![2, 3], vec![3, 1], 6));
         assert!(tensor_of(&rebuild(vec![storage(6), Obj::Int(0)])).is_err(), "too few arguments");
         assert!(tensor_of(&rebuild(vec![storage(6), Obj::Int(-1), ints(&[2]), ints(&[1])])).is_err());
         assert!(tensor_of(&rebuild(vec![storage(6), Obj::Int(0), ints(&[2, 3]), ints(&[1])])).is_err());
