@@ -271,9 +271,9 @@ impl<R: std::io::Read + std::io::Seek> HeaderReader<'_, R> {
 
 /// Checks a GGUF header against the file before candle reads it: magic and version, counts that
 /// the file can hold, every string and array inside the file, `general.alignment` a power of two,
-/// and every tensor's dimensions (at most 4, product without overflow, whole blocks), type,
-/// alignment and data range (inside the file, not overlapping another). Reads the header as a
-/// stream and allocates nothing sized by it beyond one small entry per tensor.
+/// and every tensor's dimensions (at most 4, at least one element, product without overflow,
+/// whole blocks), type, alignment and data range (inside the file, not overlapping another).
+/// Reads the header as a stream and allocates nothing sized by it beyond one entry per tensor.
 pub fn check_header<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::result::Result<(), String> {
     use std::io::SeekFrom;
     let file_size = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
@@ -346,6 +346,10 @@ pub fn check_header<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::result:
                 .checked_mul(d)
                 .filter(|&e| e <= isize::MAX as u64)
                 .ok_or_else(|| format!("tensor {i}: its dimensions multiply past what memory can hold"))?;
+        }
+        if elems == 0 {
+            // candle views the empty buffer as blocks through a dangling, misaligned pointer.
+            return Err(format!("tensor {i} has no elements (a dimension is 0)"));
         }
         let type_id = h.u32()?;
         let dtype = ggml_dtype(type_id).ok_or_else(|| format!("tensor {i} has unknown type {type_id}"))?;
@@ -464,6 +468,8 @@ mod tests {
             (gguf(&[], &[(&[32], 0, 0), (&[32], 0, 64)], 256), "overlap"),
             (gguf(&[], &[(&[1 << 32, 1 << 32, 1 << 32], 0, 0)], 128), "dimensions multiply"),
             (gguf(&[], &[(&[1, 1, 1, 1, 1], 0, 0)], 128), "5 dimensions"),
+            // Found by fuzzing (gguf_header): 0 elements made candle abort (a misaligned slice).
+            (gguf(&[], &[(&[1 << 32, 0, 0], 0, 0)], 128), "no elements"),
             (gguf(&[], &[(&[33], 8, 0)], 128), "blocks"),
             (gguf(&[], &[(&[32], 99, 0)], 128), "unknown type 99"),
             (gguf(&[("k", [8u32.to_le_bytes(), [0xff; 4]].concat())], &[], 0), "past the end"),
