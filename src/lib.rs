@@ -24,6 +24,7 @@ pub mod generation;
 pub mod inference;
 pub mod llm_bench;
 pub mod model;
+pub mod panics;
 pub mod paths;
 pub mod preprocess;
 pub mod quant;

@@ -44,6 +44,18 @@ fn read_limited(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// tokenizer.json text → a tokenizer. The tokenizers crate panics on some malformed files (a
+/// syntax error inside "decoder", a bad "Precompiled" normalizer): that is an error naming the
+/// file like any other.
+fn load_tokenizer(json: &[u8], path: &Path) -> Result<Tokenizer> {
+    let err = |msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
+    match crate::panics::contained(|| Tokenizer::from_bytes(json)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(err(format!("cannot load: {e}"))),
+        Err(panic) => Err(err(format!("cannot load: the tokenizers library failed on it ({panic})"))),
+    }
+}
+
 impl ChatTokenizer {
     /// Loads `tokenizer.json` from the LLM folder, falling back to `tokenizer.model`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
@@ -78,17 +90,14 @@ impl ChatTokenizer {
 
     /// A tokenizer from tokenizer.json text; `path` names it in errors.
     pub fn from_json_bytes(json: &[u8], path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(json)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), msg: format!("cannot load: {e}") })?;
-        Ok(Self::wrap(inner, path))
+        Ok(Self::wrap(load_tokenizer(json, path)?, path))
     }
 
     pub fn from_sentencepiece_file(path: &Path) -> Result<Self> {
         let bytes = read_limited(path)?;
         let err = |msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
         let json = sentencepiece::to_tokenizer_json(&bytes).map_err(err)?;
-        let inner = Tokenizer::from_bytes(json.to_string().as_bytes())
-            .map_err(|e| err(format!("cannot build a tokenizer from it: {e}")))?;
+        let inner = load_tokenizer(json.to_string().as_bytes(), path)?;
         Ok(Self::wrap(inner, path))
     }
 
@@ -477,5 +486,33 @@ mod sentencepiece {
                 "ignore_merges": false, "vocab": vocab_json, "merges": merges
             }
         }))
+    }
+
+    #[test]
+    fn tokenizer_files_that_make_the_tokenizers_crate_panic_are_errors() {
+        let wordlevel = r#""model":{"type":"WordLevel","vocab":{"a":0,"[UNK]":1},"unk_token":"[UNK]"}"#;
+        // Found by fuzzing (gguf_header): a syntax error inside "decoder" hits an expect().
+        let bad_decoder = format!(r#"{{"added_tokens":[],"normalizer":null,"decoder":unll,{wordlevel}}}"#);
+        let bad_precompiled = format!(
+            r#"{{"added_tokens":[],"normalizer":{{"type":"Precompiled","precompiled_charsmap":"!!"}},"decoder":null,{wordlevel}}}"#
+        );
+        for json in [bad_decoder, bad_precompiled] {
+            let err = ChatTokenizer::from_json_bytes(json.as_bytes(), Path::new("x/tokenizer.json")).err().unwrap();
+            let err = err.to_string();
+            assert!(err.contains("x/tokenizer.json") && err.contains("cannot load"), "{err}");
+        }
+        let good = format!(r#"{{"added_tokens":[],"normalizer":null,"decoder":null,{wordlevel}}}"#);
+        assert!(ChatTokenizer::from_json_bytes(good.as_bytes(), Path::new("t.json")).is_ok());
+    }
+
+    #[test]
+    fn tokenizer_files_are_read_bounded() {
+        let err = ChatTokenizer::from_json_file(Path::new("/dev/zero")).err().unwrap().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("tokenizer.json");
+        std::fs::File::create(&big).unwrap().set_len(MAX_TOKENIZER_BYTES + 1).unwrap();
+        let err = ChatTokenizer::from_json_file(&big).err().unwrap().to_string();
+        assert!(err.contains("tokenizer files of up to"), "{err}");
     }
 }
