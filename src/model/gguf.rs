@@ -151,6 +151,8 @@ pub fn quantize_to_gguf(
 /// each as a 32-byte value, so this bounds what the header can make it allocate (llama.cpp
 /// files with a 150k-token vocabulary have about half a million).
 const MAX_GGUF_VALUES: u64 = 4 << 20;
+/// The most elements, string bytes or entries candle reads in one count (its own limit).
+const MAX_GGUF_COUNT: u64 = 1 << 30;
 /// The largest alignment accepted (llama.cpp uses 32).
 const MAX_GGUF_ALIGNMENT: u64 = 1 << 20;
 
@@ -220,6 +222,20 @@ impl<R: std::io::Read + std::io::Seek> HeaderReader<'_, R> {
         }
         Ok(())
     }
+    /// Reads `n` booleans, which candle accepts only as 0 or 1.
+    fn bools(&mut self, n: u64) -> std::result::Result<(), String> {
+        if n > self.left() {
+            return Err(format!("a metadata array at byte {} claims {n} booleans, more than the file holds", self.pos));
+        }
+        for _ in 0..n {
+            let b = self.bytes::<1>()?[0];
+            if b > 1 {
+                return Err(format!("a metadata boolean at byte {} is {b} (only 0 and 1 are booleans)", self.pos - 1));
+            }
+        }
+        Ok(())
+    }
+
     /// Skips one metadata value of type `t`.
     fn skip_value(&mut self, t: u32, depth: usize) -> std::result::Result<(), String> {
         if depth > 64 {
@@ -227,8 +243,15 @@ impl<R: std::io::Read + std::io::Seek> HeaderReader<'_, R> {
         }
         self.count_values(1)?;
         match Self::fixed_size(t)? {
+            _ if t == 7 => self.bools(1),
             0 if t == 8 => {
                 let len = self.len()?;
+                if len > MAX_GGUF_COUNT {
+                    return Err(format!(
+                        "a metadata string at byte {} claims {len} bytes (at most {MAX_GGUF_COUNT})",
+                        self.pos
+                    ));
+                }
                 self.skip(len, "a metadata string")
             }
             0 => {
@@ -251,14 +274,16 @@ impl<R: std::io::Read + std::io::Seek> HeaderReader<'_, R> {
                     }
                     n => n,
                 };
-                if count.saturating_mul(min) > self.left() {
+                if count > MAX_GGUF_COUNT || count.saturating_mul(min) > self.left() {
                     return Err(format!(
                         "a metadata array at byte {} claims {count} elements, more than the file holds",
                         self.pos
                     ));
                 }
                 self.count_values(count)?;
-                if Self::fixed_size(inner)? > 0 {
+                if inner == 7 {
+                    self.bools(count)
+                } else if Self::fixed_size(inner)? > 0 {
                     self.skip(count * min, "a metadata array")
                 } else {
                     (0..count).try_for_each(|_| self.skip_value(inner, depth + 1))
@@ -291,6 +316,9 @@ pub fn check_header<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::result:
     let len_size = if h.wide { 8 } else { 4 };
     let tensor_count = h.len()?;
     let kv_count = h.len()?;
+    if tensor_count > MAX_GGUF_COUNT || kv_count > MAX_GGUF_COUNT {
+        return Err(format!("the header declares {tensor_count} tensors and {kv_count} metadata entries (at most {MAX_GGUF_COUNT} each)"));
+    }
     // Each metadata entry takes at least a key length, a type and one byte; each tensor entry at
     // least a name length, a dimension count, a type and an offset.
     if kv_count.saturating_mul(len_size + 5).saturating_add(tensor_count.saturating_mul(len_size + 16)) > h.left() {
@@ -472,7 +500,7 @@ mod tests {
             (gguf(&[], &[(&[1 << 32, 0, 0], 0, 0)], 128), "no elements"),
             (gguf(&[], &[(&[33], 8, 0)], 128), "blocks"),
             (gguf(&[], &[(&[32], 99, 0)], 128), "unknown type 99"),
-            (gguf(&[("k", [8u32.to_le_bytes(), [0xff; 4]].concat())], &[], 0), "past the end"),
+            (gguf(&[("k", [8u32.to_le_bytes(), 99u32.to_le_bytes()].concat())], &[], 0), "past the end"),
             (
                 gguf(
                     &[(
@@ -486,6 +514,25 @@ mod tests {
                 "elements",
             ),
             (gguf(&[("k", 77u32.to_le_bytes().to_vec())], &[], 0), "unknown metadata value type 77"),
+            // Found by fuzzing (gguf_header): candle refuses booleans other than 0 and 1.
+            (gguf(&[("k", [7u32.to_le_bytes().to_vec(), vec![32]].concat())], &[], 0), "boolean"),
+            (
+                gguf(
+                    &[(
+                        "k",
+                        [
+                            9u32.to_le_bytes().to_vec(),
+                            7u32.to_le_bytes().to_vec(),
+                            2u64.to_le_bytes().to_vec(),
+                            vec![1, 2],
+                        ]
+                        .concat(),
+                    )],
+                    &[],
+                    0,
+                ),
+                "boolean",
+            ),
             (b"GGUF\x03\0\0\0".to_vec(), "ends early"),
             (b"GGML\x03\0\0\0".to_vec(), "not a GGUF"),
         ] {
@@ -494,6 +541,8 @@ mod tests {
         }
         let mut counts = gguf(&[], &[(&[32], 0, 0)], 128);
         counts[8..16].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(check(&counts).unwrap_err().contains("at most"));
+        counts[8..16].copy_from_slice(&(1u64 << 20).to_le_bytes());
         assert!(check(&counts).unwrap_err().contains("can hold"));
     }
 
