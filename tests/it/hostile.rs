@@ -316,9 +316,8 @@ fn png_metadata_bombs_do_not_take_the_memory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bomb.png");
     std::fs::write(&path, &out).unwrap();
-    let t = Instant::now();
+    // (Within run()'s 60 s clock, as every command here.)
     succeeded(&ask_image(&path));
-    assert!(t.elapsed() < Duration::from_secs(30));
 }
 
 #[test]
@@ -974,4 +973,95 @@ fn write_fuzz_seeds() {
     {
         put("export_html", &format!("md{i}"), md.as_bytes());
     }
+}
+
+// ---- the app -----------------------------------------------------------------------------------
+
+/// The worst of the files above, dropped on the window at once: lying image headers, a device, a
+/// sparse 600 MB "photo", a session over the size limit and sessions whose images are hostile or
+/// lie outside their folder. Each is refused by name in a notice, nothing takes the memory, and
+/// the app still answers a question afterwards.
+#[test]
+fn the_app_stays_up_when_the_worst_files_are_dropped_on_it() {
+    use crate::common::app::*;
+    use crate::common::greedy;
+    use egui_kittest::kittest::Queryable;
+    use ziya_visual::ui::messages::Message;
+
+    let data = tempfile::tempdir().unwrap();
+    let drop_dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, bytes: &[u8]| {
+        let p = drop_dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let mut files = vec![
+        put("huge.tiff", &huge_tiff()),
+        put("screen.gif", &huge_gif()),
+        put("frame.jpg", &huge_jpeg()),
+        put("huge.png", &huge_png()),
+        put("huge.bmp", &huge_bmp()),
+        put("exif.webp", &webp(16, 16, b"EXIF", 0xFFFF_FFF0)),
+        PathBuf::from("/dev/zero"),
+    ];
+    let sparse = drop_dir.path().join("sparse.png");
+    std::fs::File::create(&sparse).unwrap().set_len(600 << 20).unwrap();
+    files.push(sparse);
+
+    // Sessions: one too big to read, one whose image lies outside its folder, one embedding the
+    // GIF that claims 65535×65535.
+    let big = drop_dir.path().join("big.json");
+    std::fs::File::create(&big).unwrap().set_len((1 << 30) + 1).unwrap();
+    let secret = encode(small_rgb(), image::ImageFormat::Png);
+    std::fs::write(drop_dir.path().join("secret.png"), &secret).unwrap();
+    let hash = format!("{:x}", sha2::Sha256::digest(&secret));
+    let outside = serde_json::json!({
+        "format": "ziya-visual-session", "version": 2, "title": "outside",
+        "images": {hash.clone(): {"name": "secret.png", "mime": "image/png", "size": secret.len(), "file": "../secret.png"}},
+        "turns": [{"id": 0, "parent": null, "images": [hash], "query": "q", "answer": "a"}],
+        "active_leaf": 0
+    });
+    let outside_file = put("outside.json", outside.to_string().as_bytes());
+    let embedded = drop_dir.path().join("embedded.json");
+    session_with(vec![ImageData::new("screen.gif", huge_gif())], "embedded", "a")
+        .save(&embedded, ImageStorage::Embedded)
+        .unwrap();
+    let sessions = [big, outside_file, embedded];
+    let before = snapshot(drop_dir.path());
+
+    let mut h = harness(options(data.path(), greedy(4), true));
+    wait_ready(&mut h);
+    // (The window keeps the latest five notices: the files go in a few at a time.)
+    for batch in files.chunks(4) {
+        h.state_mut().state.notices.clear();
+        drop_files(&mut h, batch);
+        step_until(&mut h, "every dropped image to be answered", |a| a.state.composer.attachments.is_empty());
+        h.step();
+        let notices: Vec<Message> = h.state().state.notices.iter().map(|n| n.message.clone()).collect();
+        for path in batch {
+            let name = path.file_name().unwrap().to_string_lossy();
+            assert!(
+                notices.iter().any(|m| matches!(m, Message::ImageRefused { name: n, .. } if *n == name)),
+                "{name} refused by name: {notices:?}"
+            );
+        }
+    }
+    h.state_mut().state.notices.clear();
+    drop_files(&mut h, &sessions);
+    for _ in 0..3 {
+        h.step();
+    }
+    let shown: Vec<String> = h.state().state.notices.iter().map(|n| n.message.text(h.state().state.tr())).collect();
+    assert!(shown.iter().any(|t| t.contains("big.json") && t.contains("more than a session file may be")), "{shown:?}");
+    assert!(shown.iter().any(|t| t.contains("not a file in the session's images folder")), "{shown:?}");
+    // The sessions that could be read are listed (their hostile images as unavailable).
+    assert!(h.state().state.sessions.iter().any(|(_, s)| s.title == "embedded"), "the embedded session opened");
+    assert_eq!(snapshot(drop_dir.path()), before, "nothing where the files came from changed");
+
+    // Still answering: a new conversation, a question, an answer.
+    h.state_mut().apply(ziya_visual::ui::state::Intent::NewChat);
+    type_and_enter(&mut h, "still there?");
+    step_until(&mut h, "the answer", |a| a.state.pending.is_none() && !a.state.session.turns.is_empty());
+    assert!(!h.state().state.session.turns[0].answer.is_empty());
+    assert!(h.query_all_by_label("still there?").count() >= 1, "the question is shown");
 }
