@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::model::choice::ModelChoice;
 use crate::model::files::ModelFiles;
 use crate::model::layers::Quant;
-use crate::model::plan::{available_ram, PREFILL_CHUNK};
+use crate::model::plan::{available_bytes, PREFILL_CHUNK};
 use crate::ui::state::PlanRows;
 
 pub(super) struct Planner {
@@ -77,5 +77,6 @@ fn plan_rows(choice: ModelChoice) -> PlanRows {
             .map(|q| (q, files.plan_with(q, dtype, on_cpu, prompt, context)))
             .collect()
     });
-    PlanRows { choice, rows, free: if on_cpu { available_ram() } else { None } }
+    // The same figure the engine checks against (ZIYA_VISUAL_MEMORY_LIMIT included).
+    PlanRows { choice, rows, free: if on_cpu { available_bytes(&candle_core::Device::Cpu) } else { None } }
 }
