@@ -238,7 +238,7 @@ mod x86 {
                 let mut c0 = 0;
                 while c0 < cols {
                     let ck = (cols - c0).min(CHUNK);
-                    if ck % 64 == 0 {
+                    if ck.is_multiple_of(64) {
                         pack(w, r0, c0, ck, &mut *tile);
                     } else {
                         pack_scalar(w, r0, c0, ck, tile);
@@ -317,7 +317,7 @@ mod x86 {
                 let ql = _mm512_loadu_si512(blk.add(64 * h) as *const _);
                 let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i));
                 let m3 = _mm512_set1_epi8(0x03);
-                if c % 2 == 0 {
+                if c.is_multiple_of(2) {
                     let sh = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
                     _mm512_or_si512(
                         _mm512_and_si512(ql, m4),

@@ -221,13 +221,12 @@ fn quantize_rows<T: GgmlType>(src: &[f32], dst: &mut [u8], rows: usize, cols: us
         if r.is_empty() {
             return;
         }
-        let dst_ptr = dst_ptr;
         // SAFETY: each part writes its own disjoint range of whole rows; every bit pattern is a
         // valid candle block (f16/f32/integer fields only), the size matches (asserted at
         // compile time above) and the pointer is aligned for T (checked above; row_bytes is a
         // multiple of size_of::<T>() which is a multiple of its alignment).
         let blocks: &mut [T] = unsafe {
-            std::slice::from_raw_parts_mut(dst_ptr.0.add(r.start * row_bytes) as *mut T, r.len() * row_blocks)
+            std::slice::from_raw_parts_mut(dst_ptr.ptr().add(r.start * row_bytes) as *mut T, r.len() * row_blocks)
         };
         T::from_float(&src[r.start * cols..r.end * cols], blocks);
     });

@@ -53,6 +53,10 @@
 //! with `q`/`out` as `heads x head_dim` f32 (after RoPE). Prefill (many query tokens, causal
 //! mask) can keep candle's attention on tensors built from the same buffers.
 
+// Index loops over token tiles and lanes mirror the SIMD kernels they stand beside (the scalar
+// fallbacks are written lane by lane on purpose).
+#![allow(clippy::needless_range_loop)]
+
 /// Calls `$f::<N>(args)` for a run-time `N` in 1..=8 (0 does nothing).
 #[allow(unused_macros)]
 macro_rules! dispatch_n {

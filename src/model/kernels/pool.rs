@@ -169,7 +169,7 @@ impl Pool {
                     let mut spins = 0u32;
                     while sh.slots[tid].done.load(Ordering::Acquire) != gen {
                         spins = spins.wrapping_add(1);
-                        if spins % 1024 == 0 {
+                        if spins.is_multiple_of(1024) {
                             std::thread::yield_now();
                         } else {
                             std::hint::spin_loop();
@@ -224,7 +224,7 @@ fn worker(sh: Arc<Shared>, tid: usize) {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || start.elapsed() < sh.spin {
+            if !spins.is_multiple_of(64) || start.elapsed() < sh.spin {
                 std::hint::spin_loop();
                 continue;
             }
