@@ -24,9 +24,17 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// A dense layer. f16 weights on the CPU go to our kernels (f32 accumulation; on a 13B layer
+    /// 3x candle's speed for one token and 1.7x for a 512-token prefill, see the README); f32
+    /// and bf16 weights, and every GPU, stay with candle.
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(w.get(out_dim, "bias")?) } else { None };
+        if weight.device().is_cpu() && weight.dtype() == DType::F16 {
+            let cw = dense_f16(&weight)?;
+            drop(weight);
+            return Ok(Self::cpu(cw, bias));
+        }
         Ok(Self::from_parts(weight, bias))
     }
 
@@ -78,6 +86,18 @@ impl Linear {
             Self::Cpu { op, .. } => op.weight().size_in_bytes() as u64,
         }
     }
+}
+
+/// A 2-D f16 CPU tensor (out, in) as a kernel weight, copied straight from its storage.
+fn dense_f16(t: &Tensor) -> Result<CpuWeight> {
+    let (rows, cols) = t.dims2()?;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F16(data)) = &*storage else {
+        return Err(candle_core::Error::Msg("expected an f16 tensor on the CPU".into()).into());
+    };
+    let start = layout.start_offset();
+    Ok(CpuWeight::from_f16(rows, cols, &data[start..start + rows * cols])?)
 }
 
 /// Quantizes a 2-D f32 CPU tensor (out, in) to `q`, rows spread over the kernels' thread pool;
