@@ -30,7 +30,7 @@ impl Linear {
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(w.get(out_dim, "bias")?) } else { None };
-        if weight.device().is_cpu() && weight.dtype() == DType::F16 {
+        if weight.device().is_cpu() && weight.dtype() == DType::F16 && own_cpu_kernels() {
             let cw = dense_f16(&weight)?;
             drop(weight);
             return Ok(Self::cpu(cw, bias));
@@ -43,7 +43,8 @@ impl Linear {
     /// core.
     pub fn load_quantized(w: &Weights, in_dim: usize, out_dim: usize, quant: Option<Quant>) -> Result<Self> {
         if let Some(qt) = w.get_quantized((out_dim, in_dim), "weight")? {
-            if w.device.is_cpu() && Format::from_ggml(qt.dtype()).is_some_and(Format::is_quantized) {
+            if w.device.is_cpu() && own_cpu_kernels() && Format::from_ggml(qt.dtype()).is_some_and(Format::is_quantized)
+            {
                 // The kernels keep their own (aligned) copy of the bytes; the QTensor goes.
                 return Ok(Self::cpu(CpuWeight::from_qtensor(&qt)?, None));
             }
@@ -61,7 +62,7 @@ impl Linear {
     /// A quantized weight made by [`quantize_f32`]: kept as it is on the CPU, uploaded as a
     /// candle `QTensor` elsewhere.
     pub fn from_cpu_weight(cw: CpuWeight, device: &candle_core::Device) -> Result<Self> {
-        if device.is_cpu() {
+        if device.is_cpu() && own_cpu_kernels() {
             return Ok(Self::cpu(cw, None));
         }
         let storage = QStorage::from_data(Cow::Borrowed(cw.bytes()), device, cw.format().ggml())?;
@@ -86,6 +87,14 @@ impl Linear {
             Self::Cpu { op, .. } => op.weight().size_in_bytes() as u64,
         }
     }
+}
+
+/// Whether linear layers on the CPU use our kernels: yes unless `ZIYA_VISUAL_CPU_KERNELS=candle`,
+/// which keeps candle's (QMatMul with its repacked copies, candle's dense matmul) for comparing
+/// the two in one binary. Read once.
+pub fn own_cpu_kernels() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("ZIYA_VISUAL_CPU_KERNELS").as_deref() != Ok("candle"))
 }
 
 /// A 2-D f16 CPU tensor (out, in) as a kernel weight, copied straight from its storage.
