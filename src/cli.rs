@@ -10,7 +10,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::chat::{context_window, ChatTemplate, ImageData};
-use crate::device::{DeviceKind, Placement, Precision};
+use crate::device::{DeviceKind, KvPrecision, Placement, Precision};
 use crate::engine::{Command as EngineCommand, Engine, Event, ModelSummary};
 use crate::error::{Error, Result};
 use crate::generation::{Generation, Timings};
@@ -149,6 +149,9 @@ pub struct ModelFlags {
     /// Quantize the LLM's linear layers while loading: q8_0, q6k or q4k.
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<Quant>,
+    /// KV cache precision on the CPU: f16 (default) or f32 (only with --dtype f32).
+    #[arg(long, value_parser = parse_kv)]
+    pub kv: Option<KvPrecision>,
 }
 
 impl ModelFlags {
@@ -159,6 +162,7 @@ impl ModelFlags {
             device: self.device,
             precision: self.dtype,
             quant: self.quant,
+            kv: self.kv,
         }
     }
 }
@@ -169,6 +173,10 @@ pub(crate) fn parse_device(s: &str) -> std::result::Result<DeviceKind, String> {
 
 pub(crate) fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
     Precision::parse(s).map_err(|e| e.to_string())
+}
+
+pub(crate) fn parse_kv(s: &str) -> std::result::Result<KvPrecision, String> {
+    KvPrecision::parse(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
@@ -487,6 +495,14 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     // latest turns in view (chat::context_window); a question that cannot fit even alone is
     // refused now, not after minutes of loading.
     let files = ModelFiles::read(&args.model)?;
+    if let (None, Some(q)) = (files.file_quant, files.choice.quant) {
+        eprintln!(
+            "note: quantizing the LLM to {} while loading (on every core); `ziya-visual quantize --quant {} --out \
+             FILE.gguf` (with the same --llm-* flags) once, then `--llm-model FILE.gguf`, makes later starts fast",
+            q.name(),
+            q.name()
+        );
+    }
     let context = files.context_length();
     let template = ChatTemplate::from_config(&files.vision);
     let window =

@@ -61,6 +61,44 @@ impl DeviceKind {
     }
 }
 
+/// Precision of the LLM's KV cache on the CPU: f16 by default (half the memory and of what each
+/// decode step reads); f32 only with f32 weights and activations (`--dtype f32 --kv f32`). A GPU
+/// keeps its cache in the model's precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvPrecision {
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvPrecision {
+    pub const ALL: [KvPrecision; 2] = [KvPrecision::F16, KvPrecision::F32];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvPrecision::F16 => "f16",
+            KvPrecision::F32 => "f32",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::Request(format!("unknown KV cache precision `{name}` (expected f16 or f32)")))
+    }
+
+    /// The cache's dtype for a model running in `dtype`.
+    pub fn dtype(self, dtype: DType, on_cpu: bool) -> DType {
+        match (on_cpu, self, dtype) {
+            (false, _, d) => d,
+            (true, KvPrecision::F32, DType::F32) => DType::F32,
+            (true, _, _) => DType::F16,
+        }
+    }
+}
+
 /// The precision asked for (of the networks' dense weights and activations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

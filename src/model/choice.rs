@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::layers::Quant;
-use crate::device::{DeviceKind, Precision};
+use crate::device::{DeviceKind, KvPrecision, Precision};
 
 /// Where the language model's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,6 +83,9 @@ pub struct ModelChoice {
     pub precision: Precision,
     /// Quantize the LLM's linear layers while loading.
     pub quant: Option<Quant>,
+    /// The KV cache's precision on the CPU (preferences saved before it existed read as f16).
+    #[serde(default)]
+    pub kv: KvPrecision,
 }
 
 impl Default for ModelChoice {
@@ -93,6 +96,7 @@ impl Default for ModelChoice {
             device: DeviceKind::default_for_build(),
             precision: Precision::F32,
             quant: None,
+            kv: KvPrecision::default(),
         }
     }
 }
@@ -106,6 +110,7 @@ impl ModelChoice {
             device: DeviceKind::Cpu,
             precision: Precision::F32,
             quant: None,
+            kv: KvPrecision::default(),
         }
     }
 
@@ -123,6 +128,7 @@ pub struct ModelOverrides {
     pub device: Option<DeviceKind>,
     pub precision: Option<Precision>,
     pub quant: Option<Quant>,
+    pub kv: Option<KvPrecision>,
 }
 
 impl ModelOverrides {
@@ -142,6 +148,9 @@ impl ModelOverrides {
         }
         if self.quant.is_some() {
             choice.quant = self.quant;
+        }
+        if let Some(kv) = self.kv {
+            choice.kv = kv;
         }
     }
 
@@ -183,9 +192,14 @@ mod tests {
             device: DeviceKind::Cuda,
             precision: Precision::Bf16,
             quant: Some(Quant::Q4K),
+            kv: KvPrecision::F32,
         };
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<ModelChoice>(&json).unwrap(), c);
+        // Preferences saved before the KV precision existed read with the default (f16).
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("kv");
+        assert_eq!(serde_json::from_value::<ModelChoice>(old).unwrap().kv, KvPrecision::F16);
         assert_eq!(c.llm.describe(), "/b + delta /d");
         assert_eq!(c.llm.main_path(), Path::new("/d"));
     }

@@ -122,6 +122,7 @@ impl ModelFiles {
             prompt: prompt.min(context).min(self.llm.max_position_embeddings),
             context: context.min(self.llm.max_position_embeddings),
             on_cpu,
+            kv: self.choice.kv,
             delta: self.choice.llm.base().is_some(),
         }
     }
@@ -165,8 +166,9 @@ impl ModelFiles {
             LlmSource::Delta { base, delta } => Checkpoint::open_delta(base, delta, counter.clone())?,
             LlmSource::Folder(p) | LlmSource::Gguf(p) => Checkpoint::open(p, counter.clone())?,
         });
-        let model =
+        let mut model =
             ZiyaVisual::from_checkpoints((self.vision, self.llm), (vckpt, lckpt), place, self.choice.quant, &counter)?;
+        model.llm.set_kv(self.choice.kv);
         Ok(LoadedModel { model, tokenizer: self.tokenizer })
     }
 }

@@ -1,9 +1,10 @@
 //! `ziya-visual quantize`: the LLM quantized once into a single GGUF file that starts fast and
 //! carries its config.json and tokenizer. Tensors keep their transformers names (this is a
 //! ziya-visual file, architecture `ziya-llama`, not a llama.cpp one, whose q/k weights are
-//! permuted for interleaved rotary embeddings). Linear weights are stored in the chosen block
-//! format (with the q8_0/dense fallback of `Quant::for_rows`), embeddings in float16 and norms in
-//! float32.
+//! permuted for interleaved rotary embeddings). Linear weights and the embedding table are stored
+//! in the chosen block format (with the q8_0/dense fallback of `Quant::for_rows`), norms in
+//! float32. (Files written before the embeddings were quantized hold them in float16 and still
+//! load.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device};
 
 use super::config::LlamaConfig;
-use super::layers::Quant;
+use super::layers::{quantize_f32, Quant};
 use super::shapes::llm_tensors;
 use super::weights::{gguf_string, read_gguf, Checkpoint, LoadCounter};
 use crate::error::{Error, Result};
@@ -123,13 +124,16 @@ pub fn quantize_to_gguf(
             return Err(Error::checkpoint(llm_dir, format!("tensor `{name}` is missing")));
         }
         let t = ckpt.load_shaped(name, &shape.as_slice().into(), DType::F32, &Device::Cpu)?;
-        let linear = shape.len() == 2 && (name.ends_with("_proj.weight") || name == "lm_head.weight");
-        let format = match linear.then(|| quant.for_rows(shape[1])).flatten() {
-            Some(q) => q.ggml(),
-            None if name.contains("norm") => GgmlDType::F32,
-            None => GgmlDType::F16,
+        // The linear layers, the LM head and the embedding table (as llama.cpp does).
+        let quantized = shape.len() == 2
+            && (name.ends_with("_proj.weight") || name == "lm_head.weight" || name == "model.embed_tokens.weight");
+        let qt = match quantized.then(|| quant.for_rows(shape[1])).flatten() {
+            // Rows over every core; the same bytes as `QTensor::quantize`.
+            Some(q) => quantize_f32(&t, q)?.to_qtensor()?,
+            None if name.contains("norm") => QTensor::quantize(&t, GgmlDType::F32)?,
+            None => QTensor::quantize(&t, GgmlDType::F16)?,
         };
-        tensors.push((name.clone(), QTensor::quantize(&t, format)?));
+        tensors.push((name.clone(), qt));
         progress(i + 1, list.len());
     }
     let meta_values = [

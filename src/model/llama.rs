@@ -1,12 +1,16 @@
 //! A LLaMA decoder (`LlamaForCausalLM`) that takes input embeddings, so image embeddings can sit
 //! between text tokens, and keeps its keys and values in a [`KvCache`] owned by the caller.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result as CResult, Tensor};
 use candle_nn::{Activation, Embedding};
 
 use super::config::LlamaConfig;
-use super::layers::{attention, embedding, merge_heads, F32RmsNorm, Linear, Quant};
+use super::kernels::{attention_decode, CpuMatMul, CpuWeight, KvView};
+use super::layers::{attention, embedding, merge_heads, quantize_f32, F32RmsNorm, Linear, Quant};
 use super::weights::Weights;
+use crate::device::KvPrecision;
 use crate::error::{Error, Result};
 
 /// Keys and values of every layer for the positions computed so far. Buffers grow in steps and
@@ -60,19 +64,23 @@ impl KvCache {
 }
 
 impl LayerCache {
-    /// Appends (1, kv_heads, n, head_dim) keys and values; returns all cached ones.
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> CResult<(Tensor, Tensor)> {
+    /// Appends (1, kv_heads, n, head_dim) keys and values, stored in `dtype`; returns the whole
+    /// (1, kv_heads, capacity, head_dim) buffers, of which the first [`Self::len`] positions are
+    /// valid. Buffers are allocated ahead in steps, so one decode step copies nothing but its
+    /// own keys and values.
+    fn append(&mut self, k: &Tensor, v: &Tensor, dtype: DType) -> CResult<(Tensor, Tensor)> {
         let n = k.dim(2)?;
         let need = self.len + n;
-        let capacity = self.k.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
+        let same_dtype = self.k.as_ref().is_none_or(|t| t.dtype() == dtype);
+        let capacity = self.k.as_ref().filter(|_| same_dtype).map_or(0, |t| t.dim(2).unwrap_or(0));
         if need > capacity {
             let new_cap = need.next_multiple_of(CACHE_STEP).max(capacity * 2);
             let grow = |old: &Option<Tensor>, like: &Tensor| -> CResult<Tensor> {
                 let (b, h, _, d) = like.dims4()?;
-                let buf = Tensor::zeros((b, h, new_cap, d), like.dtype(), like.device())?;
+                let buf = Tensor::zeros((b, h, new_cap, d), dtype, like.device())?;
                 if let Some(old) = old {
                     if self.len > 0 {
-                        buf.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                        buf.slice_set(&old.narrow(2, 0, self.len)?.to_dtype(dtype)?.contiguous()?, 2, 0)?;
                     }
                 }
                 Ok(buf)
@@ -86,11 +94,44 @@ impl LayerCache {
             (Some(kb), Some(vb)) => (kb, vb),
             _ => candle_core::bail!("kv cache buffers missing after growth"),
         };
-        kb.slice_set(&k.contiguous()?, 2, self.len)?;
-        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        kb.slice_set(&k.to_dtype(dtype)?.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.to_dtype(dtype)?.contiguous()?, 2, self.len)?;
         self.len = need;
-        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+        Ok((kb.clone(), vb.clone()))
     }
+}
+
+/// One query position (1, heads, 1, head_dim) against the first `len` positions of CPU cache
+/// buffers (1, kv_heads, capacity, head_dim), read where they are by the decode attention
+/// kernel (grouped heads share their key/value head; nothing is repeated or copied).
+fn decode_attention_cpu(q: &Tensor, kb: &Tensor, vb: &Tensor, len: usize, scale: f32) -> CResult<Tensor> {
+    use candle_core::{CpuStorage, Storage};
+    let (_, heads, _, hd) = q.dims4()?;
+    let (_, kv_heads, cap, _) = kb.dims4()?;
+    let qv: Vec<f32> = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; heads * hd];
+    let span = kv_heads * cap * hd;
+    let (ks, kl) = kb.storage_and_layout();
+    let (vs, vl) = vb.storage_and_layout();
+    if !kl.is_contiguous() || !vl.is_contiguous() {
+        candle_core::bail!("kv cache buffers must be contiguous")
+    }
+    let (ko, vo) = (kl.start_offset(), vl.start_offset());
+    match (&*ks, &*vs) {
+        (Storage::Cpu(CpuStorage::F16(k)), Storage::Cpu(CpuStorage::F16(v))) => {
+            let kv = KvView::f16(&k[ko..ko + span], kv_heads, cap, hd);
+            let vv = KvView::f16(&v[vo..vo + span], kv_heads, cap, hd);
+            attention_decode(&qv, heads, &kv, &vv, len, scale, &mut out)?
+        }
+        (Storage::Cpu(CpuStorage::F32(k)), Storage::Cpu(CpuStorage::F32(v))) => {
+            let kv = KvView::f32(&k[ko..ko + span], kv_heads, cap, hd);
+            let vv = KvView::f32(&v[vo..vo + span], kv_heads, cap, hd);
+            attention_decode(&qv, heads, &kv, &vv, len, scale, &mut out)?
+        }
+        _ => candle_core::bail!("decode attention: the KV cache must be f16 or f32 on the CPU"),
+    }
+    drop((ks, vs));
+    Tensor::from_vec(out, (1, heads, 1, hd), q.device())?.to_dtype(q.dtype())
 }
 
 struct SelfAttention {
@@ -125,6 +166,7 @@ impl SelfAttention {
         offset: usize,
         mask: Option<&Tensor>,
         cache: &mut LayerCache,
+        kv_dtype: DType,
     ) -> CResult<Tensor> {
         let (b, n, _) = xs.dims3()?;
         let shape = |t: Tensor, h: usize| -> CResult<Tensor> {
@@ -135,11 +177,20 @@ impl SelfAttention {
         let v = shape(self.v_proj.forward(xs)?, self.kv_heads)?;
         let q = rope.apply(&q, offset)?;
         let k = rope.apply(&k, offset)?;
-        let (k, v) = cache.append(&k, &v)?;
-        let rep = self.heads / self.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?;
-        let out = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), mask)?;
+        let (kb, vb) = cache.append(&k, &v, kv_dtype)?;
+        let len = cache.len;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = if n == 1 && b == 1 && xs.device().is_cpu() {
+            decode_attention_cpu(&q, &kb, &vb, len, scale as f32)?
+        } else {
+            // Prefill (and GPUs): candle's attention over the valid positions, in q's dtype.
+            let k = kb.narrow(2, 0, len)?.to_dtype(q.dtype())?;
+            let v = vb.narrow(2, 0, len)?.to_dtype(q.dtype())?;
+            let rep = self.heads / self.kv_heads;
+            let k = candle_transformers::utils::repeat_kv(k, rep)?;
+            let v = candle_transformers::utils::repeat_kv(v, rep)?;
+            attention(&q, &k, &v, scale, mask)?
+        };
         self.o_proj.forward(&merge_heads(&out)?)
     }
 }
@@ -216,8 +267,63 @@ impl Rope {
     }
 }
 
+/// The token embedding table: a tensor, or on the CPU with a quantization the table in that block
+/// format (rows dequantized as they are looked up), shared with a tied LM head.
+enum TokenEmbedding {
+    Dense(Embedding),
+    Quantized(Arc<CpuWeight>),
+}
+
+impl TokenEmbedding {
+    /// Loads `embed_tokens.weight` (vocab, hidden). On the CPU it stays quantized when the file
+    /// holds it so (a GGUF) and is quantized to `quant` when given. A GPU keeps a dense lookup:
+    /// a GGUF's table dequantized, or with `quant` the table quantized and dequantized again, so
+    /// the values are the same as on the CPU and as from a GGUF.
+    fn load(w: &Weights, vocab: usize, hidden: usize, quant: Option<Quant>) -> Result<Self> {
+        if w.device.is_cpu() {
+            if let Some(qt) = w.get_quantized((vocab, hidden), "weight")? {
+                return Ok(Self::Quantized(Arc::new(CpuWeight::from_qtensor(&qt)?)));
+            }
+        } else if w.checkpoint().quantization().is_some() {
+            return Ok(Self::Dense(embedding(w, vocab, hidden)?));
+        }
+        let Some(q) = quant.and_then(|q| q.for_rows(hidden)) else {
+            return Ok(Self::Dense(embedding(w, vocab, hidden)?));
+        };
+        let cw = quantize_f32(&w.on_cpu(DType::F32).get((vocab, hidden), "weight")?, q)?;
+        if w.device.is_cpu() {
+            return Ok(Self::Quantized(Arc::new(cw)));
+        }
+        let table = Tensor::from_vec(cw.dequantize(), (vocab, hidden), &Device::Cpu)?;
+        Ok(Self::Dense(Embedding::new(table.to_dtype(w.dtype)?.to_device(&w.device)?, hidden)))
+    }
+
+    /// The LM head `x Eᵀ` for tied embeddings, sharing the table.
+    fn as_head(&self) -> Linear {
+        match self {
+            Self::Dense(e) => Linear::from_parts(e.embeddings().clone(), None),
+            Self::Quantized(cw) => Linear::Cpu { op: CpuMatMul(cw.clone()), bias: None },
+        }
+    }
+
+    /// (1, n, hidden) in `dtype` for ids already checked against the vocabulary.
+    fn forward(&self, ids: &[u32], dtype: DType, device: &Device) -> CResult<Tensor> {
+        match self {
+            Self::Dense(e) => e.forward(&Tensor::new(ids, device)?.unsqueeze(0)?),
+            Self::Quantized(cw) => {
+                let hidden = cw.cols();
+                let mut rows = vec![0f32; ids.len() * hidden];
+                for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(hidden)) {
+                    cw.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(rows, (1, ids.len(), hidden), device)?.to_dtype(dtype)
+            }
+        }
+    }
+}
+
 pub struct Llama {
-    embed_tokens: Embedding,
+    embed_tokens: TokenEmbedding,
     layers: Vec<DecoderLayer>,
     norm: F32RmsNorm,
     lm_head: Linear,
@@ -225,13 +331,15 @@ pub struct Llama {
     cfg: LlamaConfig,
     device: Device,
     dtype: DType,
+    /// The KV cache's dtype (see [`KvPrecision::dtype`]).
+    kv_dtype: DType,
     quant: Option<Quant>,
 }
 
 impl Llama {
     /// `w` points at the checkpoint root; both `model.`-prefixed (LlamaForCausalLM) and bare
     /// (LlamaModel) tensor names are accepted. With `quant`, every linear layer (the LM head
-    /// included) is quantized while loading; embeddings and norms stay as they are.
+    /// included) and the embedding table are quantized while loading; norms stay as they are.
     pub fn load(w: &Weights, cfg: &LlamaConfig, quant: Option<Quant>) -> Result<Self> {
         let m = if w.contains("model.embed_tokens.weight") { w.pp("model") } else { w.clone() };
         if !m.contains("embed_tokens.weight") {
@@ -240,7 +348,7 @@ impl Llama {
                 "no `model.embed_tokens.weight`: this does not look like a LLaMA checkpoint",
             ));
         }
-        let embed_tokens = embedding(&m.pp("embed_tokens"), cfg.vocab_size, cfg.hidden_size)?;
+        let embed_tokens = TokenEmbedding::load(&m.pp("embed_tokens"), cfg.vocab_size, cfg.hidden_size, quant)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&m.pp("layers").pp(i), cfg, quant))
             .collect::<Result<Vec<_>>>()?;
@@ -248,7 +356,7 @@ impl Llama {
         let lm_head = if w.contains("lm_head.weight") || !cfg.tie_word_embeddings {
             Linear::load_quantized(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, quant)?
         } else {
-            Linear::from_parts(embed_tokens.embeddings().clone(), None)
+            embed_tokens.as_head()
         };
         Ok(Self {
             embed_tokens,
@@ -259,6 +367,7 @@ impl Llama {
             cfg: cfg.clone(),
             device: w.device.clone(),
             dtype: w.dtype,
+            kv_dtype: KvPrecision::default().dtype(w.dtype, w.device.is_cpu()),
             // A GGUF carries its own quantization.
             quant: quant.or_else(|| w.checkpoint().quantization().and_then(Quant::from_ggml)),
         })
@@ -289,6 +398,16 @@ impl Llama {
         self.dtype
     }
 
+    /// Sets the KV cache's precision (f16 on the CPU unless f32 is asked for an f32 model).
+    /// Caches filled before keep working: their buffers convert when they next grow.
+    pub fn set_kv(&mut self, kv: KvPrecision) {
+        self.kv_dtype = kv.dtype(self.dtype, self.device.is_cpu());
+    }
+
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
     pub fn quant(&self) -> Option<Quant> {
         self.quant
     }
@@ -305,8 +424,7 @@ impl Llama {
                 self.cfg.vocab_size
             )));
         }
-        let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        Ok(self.embed_tokens.forward(&ids)?)
+        Ok(self.embed_tokens.forward(ids, self.dtype, &self.device)?)
     }
 
     /// Runs `embeds` (1, n, hidden) after the positions already in `cache`, appends their keys
@@ -325,7 +443,8 @@ impl Llama {
         let mut h = embeds.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let normed = layer.input_layernorm.forward(&h)?;
-            let attn = layer.self_attn.forward(&normed, &self.rope, offset, mask.as_ref(), cache.layer(i))?;
+            let attn =
+                layer.self_attn.forward(&normed, &self.rope, offset, mask.as_ref(), cache.layer(i), self.kv_dtype)?;
             h = (h + attn)?;
             let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
             h = (h + mlp)?;

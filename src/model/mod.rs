@@ -6,6 +6,7 @@ pub mod config;
 pub mod delta;
 pub mod files;
 pub mod gguf;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod pickle;

@@ -11,6 +11,7 @@ use super::config::{LlamaConfig, VisionRepoConfig};
 use super::layers::Quant;
 use super::llama::CACHE_STEP;
 use super::shapes::{llm_tensors, projection_tensors, vision_tensors};
+use crate::device::KvPrecision;
 use crate::error::{FitOption, NoFit};
 
 /// What the program itself takes besides the model (code, tokenizer, allocator, an image):
@@ -44,8 +45,6 @@ pub struct Plan {
     pub llm_weights: u64,
     pub kv_cache: u64,
     pub activations: u64,
-    /// Copies of quantized weights that candle's CPU kernels lay out for speed on first use.
-    pub repacked: u64,
     /// Extra memory while the largest tensor is being read and converted or quantized.
     pub loading: u64,
     pub runtime: u64,
@@ -67,79 +66,14 @@ pub struct PlanRequest<'a> {
     /// Prompt positions prefilled, and total positions (prompt + new tokens).
     pub prompt: usize,
     pub context: usize,
-    /// Whether the model runs on the CPU (where quantized weights get repacked copies).
+    /// Whether the model runs on the CPU. Quantized weights are held once there, in their GGUF
+    /// block layout (our kernels read them as they are: no repacked copy to count), and the
+    /// embedding table is quantized too.
     pub on_cpu: bool,
+    /// The KV cache's precision on the CPU (a GPU keeps the model's).
+    pub kv: KvPrecision,
     /// The LLM is a published delta merged with its base while loading.
     pub delta: bool,
-}
-
-/// Bytes per weight of the copy candle 0.11's x86 CPU kernels keep of a quantized (rows × cols)
-/// weight, for matrix products with `m` rows (a prompt chunk, or 1 when decoding). This mirrors
-/// `candle_core::quantized::repack_x86::select` and its tile layouts (checked by measuring RSS
-/// growth on first use: q8_0 +1.06, q6k +1.25 for m > 1, q4k +0.75, and +1.25 more for
-/// AMX tiles when m >= 32): the copies make products 2-20x faster than the compact path.
-fn repack_bytes_per_weight(q: Quant, rows: usize, cols: usize, m: usize) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let level = x86_level();
-        if level == 0 || !rows.is_multiple_of(16) || !cols.is_multiple_of(256) {
-            return 0.0;
-        }
-        match q {
-            Quant::Q8_0 if level >= 2 => 1.0625,
-            Quant::Q6K if m > 1 => 1.25,
-            Quant::Q4K => 0.75 + if m >= 32 && amx_available(level) { 1.25 } else { 0.0 },
-            _ => 0.0,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (q, rows, cols, m);
-        0.0
-    }
-}
-
-/// candle's x86 level: 3 AVX-512 VNNI, 2 AVX-VNNI, 1 AVX2+FMA, 0 none.
-#[cfg(target_arch = "x86_64")]
-fn x86_level() -> u8 {
-    if std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1") {
-        return u8::from(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-    }
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
-        3
-    } else if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
-        2
-    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        1
-    } else {
-        0
-    }
-}
-
-/// AMX as candle decides it: AVX-512 VNNI, the CPUID AMX bits, and (Linux) permission to use
-/// tile state, which candle requests the same way when it first multiplies.
-#[cfg(target_arch = "x86_64")]
-fn amx_available(level: u8) -> bool {
-    if level < 3 {
-        return false;
-    }
-    let info = core::arch::x86_64::__cpuid_count(7, 0);
-    if info.edx & (1 << 25) == 0 || info.edx & (1 << 24) == 0 {
-        return false;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        extern "C" {
-            fn syscall(num: i64, ...) -> i64;
-        }
-        const SYS_ARCH_PRCTL: i64 = 158;
-        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-        const XFEATURE_XTILEDATA: i64 = 18;
-        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only asks the kernel for a permission.
-        unsafe { syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
-    }
-    #[cfg(not(target_os = "linux"))]
-    false
 }
 
 /// Product of sizes; saturates instead of overflowing, so an absurd request comes out as an
@@ -187,12 +121,13 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
         .map(|(n, s)| mul(&[elems(s), if n.contains("norm") { 4 } else { dsize }]))
         .fold(0, u64::saturating_add);
 
-    // LLM: linear layers quantized when asked; embeddings in dtype; norms in f32.
-    let linear = |n: &str| n.ends_with("_proj.weight") || n == "lm_head.weight";
+    // LLM: linear layers quantized when asked, and on the CPU the embedding table too (a GPU
+    // keeps its dense lookup); norms in f32.
+    let linear = |n: &str| {
+        n.ends_with("_proj.weight") || n == "lm_head.weight" || (r.on_cpu && n == "model.embed_tokens.weight")
+    };
     let mut llm_weights = 0u64;
     let mut loading = 0u64;
-    let mut repacked = 0u64;
-    let chunk = r.prompt.clamp(1, PREFILL_CHUNK);
     for (name, shape) in llm_tensors(r.llm) {
         let e = elems(&shape);
         // Beyond the final weight, loading holds the tensor as read (file precision) while it is
@@ -205,13 +140,6 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
         let (bytes, transient) = if name.contains("norm") {
             (mul(&[e, 4]), file)
         } else if let (Some(q), true) = (r.quant.and_then(|q| q.for_rows(shape[1])), linear(&name)) {
-            if r.on_cpu {
-                // The LM head only ever sees the last position (m = 1).
-                let m = if name == "lm_head.weight" { 1 } else { chunk };
-                let per = repack_bytes_per_weight(q, shape[0], shape[1], m)
-                    .max(repack_bytes_per_weight(q, shape[0], shape[1], 1));
-                repacked = repacked.saturating_add((e as f64 * per) as u64);
-            }
             (q.bytes(e), file.saturating_add(mul(&[e, 4])))
         } else {
             (mul(&[e, dsize]), file)
@@ -229,10 +157,12 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
     let cfg = r.llm;
     let kv_width = mul(&[cfg.num_kv_heads() as u64, cfg.head_dim() as u64]);
     let cap = cache_capacity(r.prompt, r.context) as u64;
-    let per_layer = mul(&[2, cap, kv_width, dsize]);
+    let kv_size = r.kv.dtype(r.dtype, r.on_cpu).size_in_bytes() as u64;
+    let per_layer = mul(&[2, cap, kv_width, kv_size]);
     // A growing layer holds its old buffer next to the new one for a moment.
     let old_cap = if cap > CACHE_STEP as u64 { cap / 2 } else { 0 };
-    let kv_cache = mul(&[per_layer, cfg.num_hidden_layers as u64]).saturating_add(mul(&[2, old_cap, kv_width, dsize]));
+    let kv_cache =
+        mul(&[per_layer, cfg.num_hidden_layers as u64]).saturating_add(mul(&[2, old_cap, kv_width, kv_size]));
 
     // Largest live activations of one step: a prefill chunk through one LLM layer (f32 scores
     // and their softmax, the MLP's three intermediates, q/k/v/out and the residual stream), or
@@ -262,17 +192,12 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
     let activations = llm_act.max(vision_act).saturating_add(mul(&[cfg.vocab_size as u64, 4, 2]));
 
     let runtime = RUNTIME_BYTES;
-    // Loading's extra is gone before anything runs; running adds the cache, activations and
-    // repacked copies. The peak is the weights plus the larger of the two.
-    let total = [
-        runtime,
-        vision_weights,
-        llm_weights,
-        loading.max(kv_cache.saturating_add(activations).saturating_add(repacked)),
-    ]
-    .into_iter()
-    .fold(0, u64::saturating_add);
-    Plan { vision_weights, llm_weights, kv_cache, activations, repacked, loading, runtime, total, context: r.context }
+    // Loading's extra is gone before anything runs; running adds the cache and activations. The
+    // peak is the weights plus the larger of the two.
+    let total = [runtime, vision_weights, llm_weights, loading.max(kv_cache.saturating_add(activations))]
+        .into_iter()
+        .fold(0, u64::saturating_add);
+    Plan { vision_weights, llm_weights, kv_cache, activations, loading, runtime, total, context: r.context }
 }
 
 /// Memory free for a model on `device`: available RAM on the CPU, free memory on a GPU; never
@@ -332,14 +257,12 @@ pub fn check_fits(plan: &Plan, available: Option<u64>, r: &PlanRequest<'_>) -> R
         .collect();
     fits.dedup_by_key(|o| (o.dtype, o.quant));
     let breakdown = format!(
-        "weights {} vision + {} LLM, KV cache {} for {} positions, activations {}, repacked weights {}, loading {}, \
-         program {}",
+        "weights {} vision + {} LLM, KV cache {} for {} positions, activations {}, loading {}, program {}",
         gib(plan.vision_weights),
         gib(plan.llm_weights),
         gib(plan.kv_cache),
         plan.context,
         gib(plan.activations),
-        gib(plan.repacked),
         gib(plan.loading),
         gib(plan.runtime)
     );
@@ -380,6 +303,7 @@ mod tests {
             prompt: 2048,
             context: 2048,
             on_cpu: false,
+            kv: KvPrecision::F16,
             delta: false,
         })
     }
@@ -411,6 +335,7 @@ mod tests {
             prompt: 512,
             context: 2048,
             on_cpu: false,
+            kv: KvPrecision::F16,
             delta: false,
         };
         let p = estimate(&r);
@@ -438,6 +363,7 @@ mod tests {
             prompt: 512,
             context: 2048,
             on_cpu: true,
+            kv: KvPrecision::F16,
             delta: false,
         };
         let p = estimate(&r);
@@ -447,6 +373,35 @@ mod tests {
         assert!(err.fits.iter().all(|o| o.total <= free), "{:?}", err.fits);
         assert!(err.fits.iter().any(|o| o.dtype == DType::F16 && o.quant == Some(Quant::Q4K)));
         assert!(err.to_string().contains("it needs about"), "{err}");
+    }
+
+    #[test]
+    fn the_cpu_keeps_its_kv_cache_in_f16_unless_f32_is_asked_for_an_f32_model() {
+        let (v, l) = ziya();
+        let r = |dtype, on_cpu, kv| PlanRequest {
+            vision: &v,
+            llm: &l,
+            dtype,
+            quant: Some(Quant::Q4K),
+            vision_file_dtype: DType::F32,
+            llm_file_dtype: DType::F16,
+            prompt: 512,
+            context: 2048,
+            on_cpu,
+            kv,
+            delta: false,
+        };
+        let f16 = estimate(&r(DType::F32, true, KvPrecision::F16)).kv_cache;
+        assert_eq!(estimate(&r(DType::F32, true, KvPrecision::F32)).kv_cache, 2 * f16);
+        // f32 is only for an f32 model; a GPU keeps the model's precision.
+        assert_eq!(estimate(&r(DType::F16, true, KvPrecision::F32)).kv_cache, f16);
+        assert_eq!(estimate(&r(DType::F32, false, KvPrecision::F16)).kv_cache, 2 * f16);
+        // Quantized weights on the CPU are counted once (no repacked copy), and the embedding
+        // table is quantized there too.
+        let cpu = estimate(&r(DType::F32, true, KvPrecision::F16));
+        let gpu = estimate(&r(DType::F32, false, KvPrecision::F16));
+        let table = (l.vocab_size * l.hidden_size) as u64;
+        assert_eq!(gpu.llm_weights - cpu.llm_weights, table * 4 - Quant::Q4K.bytes(table));
     }
 
     #[test]
@@ -472,6 +427,7 @@ mod tests {
             context: usize::MAX,
             on_cpu: true,
             delta: true,
+            kv: KvPrecision::F32,
         });
         assert_eq!(p.total, u64::MAX);
         assert!(check_fits(
@@ -488,6 +444,7 @@ mod tests {
                 context: 1,
                 on_cpu: true,
                 delta: false,
+                kv: KvPrecision::F16,
             }
         )
         .is_err());

@@ -132,3 +132,21 @@ fn tokenizer_json_and_sentencepiece_fallback_match_sentencepiece() {
         assert_eq!(sp.decode(want).unwrap(), case.decoded);
     }
 }
+
+#[test]
+fn the_default_f16_kv_cache_keeps_the_greedy_ids() {
+    // The CPU's default KV cache is f16 even for an f32 model (half the memory and of what a
+    // decode step reads); on the tiny checkpoint it must not change a greedy answer.
+    let mut p = pipeline(&ziya_visual::model::choice::ModelChoice::folders(vision_dir(), llm_dir()));
+    assert_eq!(p.model.llm.kv_dtype(), candle_core::DType::F16);
+    for name in ["single", "two_images", "text_only", "three_turn"] {
+        let mut history: Vec<ChatTurn> = Vec::new();
+        for (i, turn) in case(name).iter().enumerate() {
+            let mut turns = history.clone();
+            turns.push(turn.asked());
+            let gen = p.generate(&turns, &greedy(turn.max_new_tokens), &mut |_| true).unwrap();
+            assert_eq!(gen.token_ids, turn.token_ids, "{name} turn {i}: greedy ids with an f16 KV cache");
+            history.push(ChatTurn { answer: Some(gen.text), ..turns.pop().unwrap() });
+        }
+    }
+}

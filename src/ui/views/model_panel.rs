@@ -174,6 +174,9 @@ pub(super) fn model_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<Inten
         if quant != choice.quant {
             intents.push(Intent::SetQuant(quant));
         }
+        if choice.quant.is_some() && !matches!(choice.llm, LlmSource::Gguf(_)) {
+            ui.label(RichText::new(tr.quantize_once_hint).small().color(ui.visuals().weak_text_color()));
+        }
         if let Some(p) = plans {
             match &p.rows {
                 Ok(rows) => {
@@ -185,13 +188,12 @@ pub(super) fn model_panel(ui: &mut Ui, state: &AppState, intents: &mut Vec<Inten
                         let fits = p.free.is_none_or(|f| plan.total <= f);
                         let color = if fits { ui.visuals().weak_text_color() } else { Color32::from_rgb(230, 90, 60) };
                         ui.label(RichText::new(text).small().color(color)).on_hover_text(format!(
-                            "weights {} + {}, KV cache {} ({} positions), activations {}, repacked {}, loading {}",
+                            "weights {} + {}, KV cache {} ({} positions), activations {}, loading {}",
                             human_bytes(plan.vision_weights),
                             human_bytes(plan.llm_weights),
                             human_bytes(plan.kv_cache),
                             plan.context,
                             human_bytes(plan.activations),
-                            human_bytes(plan.repacked),
                             human_bytes(plan.loading)
                         ));
                     }

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 use ziya_visual::chat::{ChatTurn, ImageData};
-use ziya_visual::device::{Placement, Precision};
+use ziya_visual::device::{KvPrecision, Placement, Precision};
 use ziya_visual::inference::Pipeline;
 use ziya_visual::model::choice::ModelChoice;
 use ziya_visual::model::files::ModelFiles;
@@ -194,9 +194,12 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 // ---- Loading a pipeline ----
 
-/// The two folders on the CPU in `precision`, quantized as asked.
+/// The two folders on the CPU in `precision`, quantized as asked. In f32 the KV cache is f32 too
+/// (`--dtype f32 --kv f32`, the precision the transformers reference is computed in); otherwise it
+/// is the CPU's default f16.
 pub fn choice(vision: &Path, llm: &Path, precision: Precision, quant: Option<Quant>) -> ModelChoice {
-    ModelChoice { precision, quant, ..ModelChoice::folders(vision, llm) }
+    let kv = if precision == Precision::F32 { KvPrecision::F32 } else { KvPrecision::F16 };
+    ModelChoice { precision, quant, kv, ..ModelChoice::folders(vision, llm) }
 }
 
 pub fn pipeline(choice: &ModelChoice) -> Pipeline {
@@ -207,7 +210,7 @@ pub fn pipeline(choice: &ModelChoice) -> Pipeline {
 
 /// The committed tiny checkpoint in f32.
 pub fn tiny() -> Pipeline {
-    pipeline(&ModelChoice::folders(vision_dir(), llm_dir()))
+    pipeline(&choice(&vision_dir(), &llm_dir(), Precision::F32, None))
 }
 
 // ---- The binary ----

@@ -1,0 +1,63 @@
+//! candle glue: [`CpuMatMul`] is a `CustomOp1`, so a CPU tensor `xs` of shape (..., cols) in
+//! f32, f16 or bf16 becomes `xs · Wᵀ` of shape (..., rows) in the same dtype through
+//! `xs.apply_op1_no_bwd(&op)`, reading the (contiguous) input storage in place (no copy for f32).
+
+use std::sync::Arc;
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape};
+use half::{bf16, f16};
+
+use super::formats::CpuWeight;
+
+/// `y = x Wᵀ` on CPU tensors with this crate's kernels.
+#[derive(Clone, Debug)]
+pub struct CpuMatMul(pub Arc<CpuWeight>);
+
+impl CpuMatMul {
+    pub fn new(w: CpuWeight) -> Self {
+        Self(Arc::new(w))
+    }
+    pub fn weight(&self) -> &CpuWeight {
+        &self.0
+    }
+}
+
+impl CustomOp1 for CpuMatMul {
+    fn name(&self) -> &'static str {
+        "ziya-cpu-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = &*self.0;
+        let dims = layout.shape().dims();
+        let Some(&k) = dims.last() else { bail!("cpu matmul: scalar input") };
+        if k != w.cols() {
+            bail!("cpu matmul: input last dim {k} but weight has {} cols", w.cols())
+        }
+        let n = layout.shape().elem_count() / k.max(1);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = w.rows();
+        if !layout.is_contiguous() {
+            bail!("cpu matmul: input must be contiguous (call .contiguous() first)")
+        }
+        let start = layout.start_offset();
+        let mut out = vec![0f32; n * w.rows()];
+        match storage {
+            CpuStorage::F32(v) => {
+                super::matmul(w, &v[start..start + n * k], n, &mut out)?;
+                Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+            }
+            CpuStorage::F16(v) => {
+                let x: Vec<f32> = v[start..start + n * k].iter().map(|h| h.to_f32()).collect();
+                super::matmul(w, &x, n, &mut out)?;
+                Ok((CpuStorage::F16(out.iter().map(|&f| f16::from_f32(f)).collect()), Shape::from(out_dims)))
+            }
+            CpuStorage::BF16(v) => {
+                let x: Vec<f32> = v[start..start + n * k].iter().map(|h| h.to_f32()).collect();
+                super::matmul(w, &x, n, &mut out)?;
+                Ok((CpuStorage::BF16(out.iter().map(|&f| bf16::from_f32(f)).collect()), Shape::from(out_dims)))
+            }
+            _ => bail!("cpu matmul: input must be f32, f16 or bf16"),
+        }
+    }
+}

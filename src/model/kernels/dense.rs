@@ -1,0 +1,527 @@
+//! Dense f16 / f32 weights x f32 activations (FMA; f16 widened with F16C). Register tiles of
+//! `R` rows x `N` tokens: each weight vector loaded (and widened) once per token tile and each
+//! activation vector once per row tile. f32 accumulation.
+
+use std::ops::Range;
+
+use half::f16;
+
+use super::formats::{CpuWeight, Format};
+use super::pool::SendPtr;
+use super::Isa;
+
+/// (row alignment of chunks, token tile) for `isa`.
+pub fn tiles(isa: Isa, _format: Format, _n: usize) -> (usize, usize) {
+    match isa {
+        Isa::Avx512 => (4, 4),
+        Isa::Avx2 => (4, 2),
+        _ => (4, 4),
+    }
+}
+
+/// `out[(t0 + t) * w.rows() + r] = W[r] . xs[t]` for `r` in `rows`, `t` < `xs.len()`.
+pub(crate) fn rows(isa: Isa, w: &CpuWeight, rows: Range<usize>, xs: &[&[f32]], t0: usize, out: SendPtr<f32>) {
+    assert!(matches!(w.format(), Format::F16 | Format::F32) && rows.end <= w.rows());
+    for x in xs {
+        assert_eq!(x.len(), w.cols());
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: ISA availability checked by the driver; lengths asserted above.
+        Isa::Avx512 => unsafe { x86::rows_avx512(w, rows, xs, t0, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::rows_avx2(w, rows, xs, t0, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is baseline on aarch64; lengths asserted above.
+        Isa::Neon => unsafe { neon::rows_neon(w, rows, xs, t0, out) },
+        _ => rows_scalar(w, rows, xs, t0, out),
+    }
+}
+
+/// Widens `cols` weights of row `r` starting at `k` into `buf`.
+fn widen(w: &CpuWeight, r: usize, k: usize, buf: &mut [f32]) {
+    let row = w.row(r);
+    match w.format() {
+        Format::F16 => {
+            for (i, o) in buf.iter_mut().enumerate() {
+                let j = 2 * (k + i);
+                *o = f16::from_le_bytes([row[j], row[j + 1]]).to_f32();
+            }
+        }
+        _ => {
+            for (i, o) in buf.iter_mut().enumerate() {
+                let j = 4 * (k + i);
+                *o = f32::from_le_bytes([row[j], row[j + 1], row[j + 2], row[j + 3]]);
+            }
+        }
+    }
+}
+
+pub(crate) fn rows_scalar(w: &CpuWeight, rows: Range<usize>, xs: &[&[f32]], t0: usize, out: SendPtr<f32>) {
+    const KC: usize = 256;
+    let stride = w.rows();
+    let cols = w.cols();
+    let mut buf = [0f32; KC];
+    for r in rows {
+        let mut acc = vec![[0f32; 8]; xs.len()];
+        let mut k = 0;
+        while k < cols {
+            let kc = (cols - k).min(KC);
+            widen(w, r, k, &mut buf[..kc]);
+            for (t, x) in xs.iter().enumerate() {
+                let x = &x[k..k + kc];
+                let a = &mut acc[t];
+                let mut i = 0;
+                while i + 8 <= kc {
+                    for l in 0..8 {
+                        a[l] += buf[i + l] * x[i + l];
+                    }
+                    i += 8;
+                }
+                while i < kc {
+                    a[0] += buf[i] * x[i];
+                    i += 1;
+                }
+            }
+            k += kc;
+        }
+        for (t, a) in acc.iter().enumerate() {
+            let v = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            // SAFETY: each (row, token) has one writer; `out` sized by the driver.
+            unsafe { *out.0.add((t0 + t) * stride + r) = v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::x86util::*;
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Runs `$f::<R, N, F16>` for run-time R in {1, 4} and N in 1..=4.
+    macro_rules! dispatch_rn {
+        ($r:expr, $n:expr, $f16:expr, $f:ident, $($args:expr),*) => {
+            match ($r, $n, $f16) {
+                (4, 1, true) => $f::<4, 1, true>($($args),*),
+                (4, 2, true) => $f::<4, 2, true>($($args),*),
+                (4, 3, true) => $f::<4, 3, true>($($args),*),
+                (4, 4, true) => $f::<4, 4, true>($($args),*),
+                (1, 1, true) => $f::<1, 1, true>($($args),*),
+                (1, 2, true) => $f::<1, 2, true>($($args),*),
+                (1, 3, true) => $f::<1, 3, true>($($args),*),
+                (1, 4, true) => $f::<1, 4, true>($($args),*),
+                (4, 1, false) => $f::<4, 1, false>($($args),*),
+                (4, 2, false) => $f::<4, 2, false>($($args),*),
+                (4, 3, false) => $f::<4, 3, false>($($args),*),
+                (4, 4, false) => $f::<4, 4, false>($($args),*),
+                (1, 1, false) => $f::<1, 1, false>($($args),*),
+                (1, 2, false) => $f::<1, 2, false>($($args),*),
+                (1, 3, false) => $f::<1, 3, false>($($args),*),
+                (1, 4, false) => $f::<1, 4, false>($($args),*),
+                _ => unreachable!(),
+            }
+        };
+    }
+
+    fn drive(
+        w: &CpuWeight,
+        rows: Range<usize>,
+        xs: &[&[f32]],
+        t0: usize,
+        out: SendPtr<f32>,
+        tile_n: usize,
+        mut f: impl FnMut(usize, usize, usize, &[&[f32]], usize),
+    ) {
+        let _ = out;
+        let mut t = 0;
+        while t < xs.len() {
+            let n = (xs.len() - t).min(tile_n);
+            let mut r = rows.start;
+            while r + 4 <= rows.end {
+                f(4, n, r, &xs[t..t + n], t0 + t);
+                r += 4;
+            }
+            while r < rows.end {
+                f(1, n, r, &xs[t..t + n], t0 + t);
+                r += 1;
+            }
+            t += n;
+        }
+        let _ = w;
+    }
+
+    pub unsafe fn rows_avx512(w: &CpuWeight, rows: Range<usize>, xs: &[&[f32]], t0: usize, out: SendPtr<f32>) {
+        let f16w = w.format() == Format::F16;
+        drive(w, rows, xs, t0, out, 4, |rr, n, r, xs, t| dispatch_rn!(rr, n, f16w, tile_avx512, w, r, xs, t, out));
+    }
+
+    pub unsafe fn rows_avx2(w: &CpuWeight, rows: Range<usize>, xs: &[&[f32]], t0: usize, out: SendPtr<f32>) {
+        let f16w = w.format() == Format::F16;
+        drive(w, rows, xs, t0, out, 2, |rr, n, r, xs, t| dispatch_rn!(rr, n, f16w, tile_avx2, w, r, xs, t, out));
+    }
+
+    #[inline(always)]
+    unsafe fn load16<const F16: bool>(p: *const u8, k: usize) -> __m512 {
+        if F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * k) as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p.add(4 * k) as *const f32)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load8<const F16: bool>(p: *const u8, k: usize) -> __m256 {
+        if F16 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * k) as *const __m128i))
+        } else {
+            _mm256_loadu_ps(p.add(4 * k) as *const f32)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scalar_w<const F16: bool>(p: *const u8, k: usize) -> f32 {
+        if F16 {
+            f16_to_f32((p.add(2 * k) as *const u16).read_unaligned())
+        } else {
+            (p.add(4 * k) as *const f32).read_unaligned()
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn tile_avx512<const R: usize, const N: usize, const F16: bool>(
+        w: &CpuWeight,
+        r0: usize,
+        xs: &[&[f32]],
+        t0: usize,
+        out: SendPtr<f32>,
+    ) {
+        let cols = w.cols();
+        let rb = w.row_bytes();
+        let base = w.bytes().as_ptr();
+        let wp: [*const u8; R] = std::array::from_fn(|i| base.add((r0 + i) * rb));
+        let xp: [*const f32; N] = std::array::from_fn(|t| xs[t].as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let k16 = cols / 16 * 16;
+        let mut k = 0;
+        while k < k16 {
+            let wv: [__m512; R] = std::array::from_fn(|i| load16::<F16>(wp[i], k));
+            for t in 0..N {
+                let xv = _mm512_loadu_ps(xp[t].add(k));
+                for i in 0..R {
+                    acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+                }
+            }
+            k += 16;
+        }
+        let stride = w.rows();
+        for i in 0..R {
+            for t in 0..N {
+                let mut v = _mm512_reduce_add_ps(acc[i][t]);
+                for kk in k16..cols {
+                    v += scalar_w::<F16>(wp[i], kk) * *xp[t].add(kk);
+                }
+                *out.0.add((t0 + t) * stride + r0 + i) = v;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_avx2<const R: usize, const N: usize, const F16: bool>(
+        w: &CpuWeight,
+        r0: usize,
+        xs: &[&[f32]],
+        t0: usize,
+        out: SendPtr<f32>,
+    ) {
+        let cols = w.cols();
+        let rb = w.row_bytes();
+        let base = w.bytes().as_ptr();
+        let wp: [*const u8; R] = std::array::from_fn(|i| base.add((r0 + i) * rb));
+        let xp: [*const f32; N] = std::array::from_fn(|t| xs[t].as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let k8 = cols / 8 * 8;
+        let mut k = 0;
+        while k < k8 {
+            let wv: [__m256; R] = std::array::from_fn(|i| load8::<F16>(wp[i], k));
+            for t in 0..N {
+                let xv = _mm256_loadu_ps(xp[t].add(k));
+                for i in 0..R {
+                    acc[i][t] = _mm256_fmadd_ps(wv[i], xv, acc[i][t]);
+                }
+            }
+            k += 8;
+        }
+        let stride = w.rows();
+        for i in 0..R {
+            for t in 0..N {
+                let mut v = hsum256(acc[i][t]);
+                for kk in k8..cols {
+                    v += scalar_w::<F16>(wp[i], kk) * *xp[t].add(kk);
+                }
+                *out.0.add((t0 + t) * stride + r0 + i) = v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::*;
+    use std::arch::aarch64::*;
+
+    pub unsafe fn rows_neon(w: &CpuWeight, rows: Range<usize>, xs: &[&[f32]], t0: usize, out: SendPtr<f32>) {
+        const KC: usize = 256;
+        let stride = w.rows();
+        let cols = w.cols();
+        let mut buf = [0f32; KC];
+        for r in rows {
+            let mut acc: Vec<float32x4_t> = vec![vdupq_n_f32(0.0); xs.len()];
+            let mut tail = vec![0f32; xs.len()];
+            let mut k = 0;
+            while k < cols {
+                let kc = (cols - k).min(KC);
+                widen(w, r, k, &mut buf[..kc]);
+                for (t, x) in xs.iter().enumerate() {
+                    let xp = x.as_ptr().add(k);
+                    let mut a = acc[t];
+                    let mut i = 0;
+                    while i + 4 <= kc {
+                        a = vfmaq_f32(a, vld1q_f32(buf.as_ptr().add(i)), vld1q_f32(xp.add(i)));
+                        i += 4;
+                    }
+                    acc[t] = a;
+                    while i < kc {
+                        tail[t] += buf[i] * *xp.add(i);
+                        i += 1;
+                    }
+                }
+                k += kc;
+            }
+            for t in 0..xs.len() {
+                *out.0.add((t0 + t) * stride + r) = vaddvq_f32(acc[t]) + tail[t];
+            }
+        }
+    }
+}
+
+/// Batched (prefill) dense path, AVX-512: 32 weight rows x 128 columns at a time are widened to
+/// f32 and transposed into a per-thread scratch tile `[k][32 rows]`, then every token tile of 6
+/// accumulates `acc[rows] += W[k][rows] * x[t][k]` (rows in the 16 lanes, x broadcast): 12 FMAs
+/// per 8 loads, the shape of a GEMM micro-kernel. Used from [`BATCH_MIN`] tokens on.
+pub mod batched {
+    use super::super::pool;
+    use super::*;
+
+    /// Token count from which this path is used (overridable with `ZIYA_KERNELS_DENSE_BATCH_MIN`).
+    pub fn threshold() -> usize {
+        static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *T.get_or_init(|| {
+            std::env::var("ZIYA_KERNELS_DENSE_BATCH_MIN").ok().and_then(|s| s.parse().ok()).unwrap_or(BATCH_MIN)
+        })
+    }
+
+    pub fn applies(isa: Isa, w: &CpuWeight, n: usize) -> bool {
+        isa == Isa::Avx512 && matches!(w.format(), Format::F16 | Format::F32) && n >= threshold()
+    }
+
+    pub(crate) fn matmul(w: &CpuWeight, x: &[f32], n: usize, pool: &pool::Pool, out: SendPtr<f32>) {
+        assert_eq!(x.len(), n * w.cols());
+        let groups = w.rows().div_ceil(GR);
+        let threads = pool.n_threads();
+        let per = groups.div_ceil(threads);
+        let slabs = pool::Slabs::new(groups, threads, per.clamp(1, 2), 1);
+        pool.run(|tid| {
+            slabs.for_each(tid, |gr| {
+                for g in gr {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `applies` requires Isa::Avx512 (checked available by the driver);
+                    // x has n x cols values (asserted); out covers n x rows (driver).
+                    unsafe {
+                        x86b::group(w, g * GR, x, n, out)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = (g, x, n, out);
+                        unreachable!("dense batched path is x86-64 only");
+                    }
+                }
+            })
+        });
+    }
+
+    const GR: usize = 32;
+    const KC: usize = 128;
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86b {
+        use super::*;
+        use std::arch::x86_64::*;
+        use std::cell::RefCell;
+
+        #[repr(C, align(64))]
+        #[derive(Clone, Copy)]
+        struct Z([f32; 16]);
+
+        thread_local! {
+            static PACK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
+            static ACC: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
+        }
+
+        /// 16x16 transpose of f32 (see batched::x86::transpose16 for the derivation).
+        #[inline(always)]
+        unsafe fn transpose16(r: &mut [__m512; 16]) {
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for i in 0..4 {
+                r[4 * i] =
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+                r[4 * i + 1] =
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+                r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(
+                    _mm512_castps_pd(t[4 * i + 1]),
+                    _mm512_castps_pd(t[4 * i + 3]),
+                ));
+                r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(
+                    _mm512_castps_pd(t[4 * i + 1]),
+                    _mm512_castps_pd(t[4 * i + 3]),
+                ));
+            }
+            for i in 0..2 {
+                for j in 0..4 {
+                    t[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(r[8 * i + j], r[8 * i + j + 4]);
+                    t[8 * i + j + 4] = _mm512_shuffle_f32x4::<0xdd>(r[8 * i + j], r[8 * i + j + 4]);
+                }
+            }
+            for j in 0..8 {
+                r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
+                r[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
+            }
+        }
+
+        /// Packs rows r0..r0+32 (missing rows zero), columns c0..c0+kc, into `p[k * 2 + half]`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn pack(w: &CpuWeight, r0: usize, c0: usize, kc: usize, p: &mut [Z]) {
+            let rows = w.rows();
+            let base = w.bytes().as_ptr();
+            let rb = w.row_bytes();
+            let f16w = w.format() == Format::F16;
+            for half in 0..2 {
+                let mut kb = 0;
+                while kb < kc {
+                    let width = (kc - kb).min(16);
+                    let mask: u16 = if width == 16 { 0xFFFF } else { (1u16 << width) - 1 };
+                    let mut r = [_mm512_setzero_ps(); 16];
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        let row = r0 + half * 16 + i;
+                        if row >= rows {
+                            continue;
+                        }
+                        let rp = base.add(row * rb);
+                        *ri = if f16w {
+                            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, rp.add(2 * (c0 + kb)) as *const i16))
+                        } else {
+                            _mm512_maskz_loadu_ps(mask, rp.add(4 * (c0 + kb)) as *const f32)
+                        };
+                    }
+                    transpose16(&mut r);
+                    for (j, rj) in r.iter().enumerate().take(width) {
+                        _mm512_store_ps(p[(kb + j) * 2 + half].0.as_mut_ptr(), *rj);
+                    }
+                    kb += 16;
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn tile<const N: usize>(p: &[Z], kc: usize, xp: [*const f32; N], acc: *mut Z) {
+            let mut a0: [__m512; N] = std::array::from_fn(|t| _mm512_load_ps((*acc.add(2 * t)).0.as_ptr()));
+            let mut a1: [__m512; N] = std::array::from_fn(|t| _mm512_load_ps((*acc.add(2 * t + 1)).0.as_ptr()));
+            for k in 0..kc {
+                let w0 = _mm512_load_ps(p.get_unchecked(2 * k).0.as_ptr());
+                let w1 = _mm512_load_ps(p.get_unchecked(2 * k + 1).0.as_ptr());
+                for t in 0..N {
+                    let xb = _mm512_set1_ps(*xp[t].add(k));
+                    a0[t] = _mm512_fmadd_ps(w0, xb, a0[t]);
+                    a1[t] = _mm512_fmadd_ps(w1, xb, a1[t]);
+                }
+            }
+            for t in 0..N {
+                _mm512_store_ps((*acc.add(2 * t)).0.as_mut_ptr(), a0[t]);
+                _mm512_store_ps((*acc.add(2 * t + 1)).0.as_mut_ptr(), a1[t]);
+            }
+        }
+
+        pub unsafe fn group(w: &CpuWeight, r0: usize, x: &[f32], n: usize, out: SendPtr<f32>) {
+            let cols = w.cols();
+            let rows = w.rows();
+            PACK.with(|pc| {
+                ACC.with(|ac| {
+                    let mut p = pc.borrow_mut();
+                    if p.len() < 2 * KC {
+                        p.resize(2 * KC, Z([0.0; 16]));
+                    }
+                    let mut acc = ac.borrow_mut();
+                    acc.clear();
+                    acc.resize(2 * n, Z([0.0; 16]));
+                    let mut c0 = 0;
+                    while c0 < cols {
+                        let kc = (cols - c0).min(KC);
+                        pack(w, r0, c0, kc, &mut p);
+                        let mut t = 0;
+                        while t < n {
+                            let m = (n - t).min(6);
+                            let accp = acc.as_mut_ptr().add(2 * t);
+                            match m {
+                                1 => tile::<1>(&p, kc, [x.as_ptr().add(t * cols + c0)], accp),
+                                2 => tile::<2>(
+                                    &p,
+                                    kc,
+                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
+                                    accp,
+                                ),
+                                3 => tile::<3>(
+                                    &p,
+                                    kc,
+                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
+                                    accp,
+                                ),
+                                4 => tile::<4>(
+                                    &p,
+                                    kc,
+                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
+                                    accp,
+                                ),
+                                5 => tile::<5>(
+                                    &p,
+                                    kc,
+                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
+                                    accp,
+                                ),
+                                _ => tile::<6>(
+                                    &p,
+                                    kc,
+                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
+                                    accp,
+                                ),
+                            }
+                            t += m;
+                        }
+                        c0 += kc;
+                    }
+                    let valid = (rows - r0).min(GR);
+                    for t in 0..n {
+                        let src = acc.as_ptr().add(2 * t) as *const f32;
+                        std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + r0), valid);
+                    }
+                })
+            });
+        }
+    }
+}
+
+/// Default token count for [`batched`].
+pub const BATCH_MIN: usize = 24;
