@@ -376,6 +376,32 @@ mod tests {
     }
 
     #[test]
+    fn ziya_13b_fits_consumer_ram_on_the_cpu_in_q4k_and_q8_0() {
+        // Issue 11's memory targets at the full 2048 context with the vision tower in f16:
+        // q4k at most 12.5 GB, q8_0 at most 19 GB (candle's repacked copies made them 22 and 33).
+        let (v, l) = ziya();
+        let plan = |quant| {
+            estimate(&PlanRequest {
+                vision: &v,
+                llm: &l,
+                dtype: DType::F16,
+                quant: Some(quant),
+                vision_file_dtype: DType::F32,
+                llm_file_dtype: DType::F16,
+                prompt: 512,
+                context: 2048,
+                on_cpu: true,
+                kv: KvPrecision::F16,
+                delta: false,
+            })
+            .total
+        };
+        let (q4k, q8_0) = (plan(Quant::Q4K), plan(Quant::Q8_0));
+        assert!(q4k <= 12_500_000_000, "q4k plans {}", gib(q4k));
+        assert!(q8_0 <= 19_000_000_000, "q8_0 plans {}", gib(q8_0));
+    }
+
+    #[test]
     fn the_cpu_keeps_its_kv_cache_in_f16_unless_f32_is_asked_for_an_f32_model() {
         let (v, l) = ziya();
         let r = |dtype, on_cpu, kv| PlanRequest {
