@@ -17,7 +17,10 @@
 # requirements + gguf-py, the models (~25 GB of disk), our release binary.
 #
 # More environment: FORMATS (default "q4k q8_0 f16"; q6k also works), PROMPT (prefill length,
-# default 512; 0 skips prefill), TOKENS (decoded tokens, default 64), LLAMA_BENCH_ARGS (extra
+# default 512; 0 skips prefill), TOKENS (decoded tokens, default 64), DEPTHS (positions already in
+# the cache when decoding starts, default "0"; several, e.g. "50 1500", are interleaved in each
+# round and add a table of decode at each depth against the first: `--depth` / `llama-bench -d`,
+# prefilled untimed), LLAMA_BENCH_ARGS (extra
 # llama-bench flags, e.g. "--poll 0": its thread pool spins by default, which costs it dearly
 # when other processes share the cores).
 set -euo pipefail
@@ -25,6 +28,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench/common.sh"
 FORMATS="${FORMATS:-q4k q8_0 f16}"
 PROMPT="${PROMPT:-512}"
 TOKENS="${TOKENS:-64}"
+DEPTHS="${DEPTHS:-0}"
 MODELS="$BENCH_DIR/models"
 SUMMARIZE="python3 $REPO/scripts/bench/summarize.py"
 
@@ -64,16 +68,16 @@ ensure_models() {
   done
 }
 
-run_ours() { # fmt layers
+run_ours() { # fmt layers depth
   local dir="$MODELS/13b-l$2" model dtype
   if [ "$1" = f16 ]; then model="$dir/hf" dtype=f16; else model="$dir/ours-$1.gguf" dtype=f32; fi
   RAYON_NUM_THREADS=$THREADS "$OURS" bench-llm --llm-model "$model" --dtype "$dtype" --threads "$THREADS" \
-    --prompt "$PROMPT" --tokens "$TOKENS"
+    --prompt "$PROMPT" --tokens "$TOKENS" --depth "$3"
 }
 
-run_llama() { # fmt layers
+run_llama() { # fmt layers depth
   "$LLAMACPP_DIR/build/bin/llama-bench" -m "$MODELS/13b-l$2/llama-$1.gguf" -t "$THREADS" -p "$PROMPT" \
-    -n "$TOKENS" -r 1 -o json ${LLAMA_BENCH_ARGS:-} 2>/dev/null
+    -n "$TOKENS" -d "$3" -r 1 -o json ${LLAMA_BENCH_ARGS:-} 2>/dev/null
 }
 
 ensure_llamacpp
@@ -90,10 +94,14 @@ for round in $(seq 1 "$ROUNDS"); do
   RAYON_NUM_THREADS=$THREADS "$OURS" bench-llm --llm-model . --threads "$THREADS" --roof-only |
     $SUMMARIZE roof --round "$round" >>"$raw"
   for f in $FORMATS; do
-    for layers in 2 4; do
-      log "round $round: $f, $layers layers"
-      run_ours "$f" "$layers" | $SUMMARIZE ours --fmt "$f" --layers "$layers" --round "$round" >>"$raw"
-      run_llama "$f" "$layers" | $SUMMARIZE llama --fmt "$f" --layers "$layers" --round "$round" >>"$raw"
+    for depth in $DEPTHS; do
+      for layers in 2 4; do
+        log "round $round: $f, $layers layers, depth $depth"
+        run_ours "$f" "$layers" "$depth" |
+          $SUMMARIZE ours --fmt "$f" --layers "$layers" --depth "$depth" --round "$round" >>"$raw"
+        run_llama "$f" "$layers" "$depth" |
+          $SUMMARIZE llama --fmt "$f" --layers "$layers" --depth "$depth" --round "$round" >>"$raw"
+      done
     done
   done
 done

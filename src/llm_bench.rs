@@ -36,9 +36,13 @@ pub struct LlmBenchArgs {
     /// Prompt length to prefill from an empty cache (0 skips the prefill measurement).
     #[arg(long, default_value_t = 512)]
     pub prompt: usize,
-    /// Tokens to decode one at a time from an empty cache (as `llama-bench -n`).
+    /// Tokens to decode one at a time (as `llama-bench -n`), after `--depth` positions.
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
+    /// Positions already in the cache when decoding starts, prefilled untimed in the engine's
+    /// chunks (as `llama-bench -d`): decode speed at a long context.
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
     /// Products of the output head alone to time (0 skips it; the head is loaded a second time).
     #[arg(long, default_value_t = 20)]
     pub head_reps: usize,
@@ -69,6 +73,8 @@ pub struct LlmBenchReport {
     pub prefill_s: f64,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens: usize,
+    /// Positions in the cache before the first decoded token.
+    pub depth: usize,
     pub decode_s: f64,
     pub ms_per_token: f64,
     /// The median of the per-token times (less sensitive to other work on the machine).
@@ -79,6 +85,16 @@ pub struct LlmBenchReport {
     pub weight_bytes_per_token: u64,
     pub head_bytes: Option<u64>,
     pub read_gbps: Option<f64>,
+    /// The process's peak resident memory (Linux `VmHWM`), bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set (`VmHWM` in /proc/self/status), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Deterministic token ids in `[3, vocab)` (no special tokens), so runs are repeatable.
@@ -165,7 +181,9 @@ fn measure(args: &LlmBenchArgs, threads: usize) -> Result<LlmBenchReport> {
     let w = Weights::new(ckpt, dtype, &device);
     let llm = Llama::load(&w, &cfg, args.quant)?;
     let load_s = t.elapsed().as_secs_f64();
-    if args.prompt + 1 > cfg.max_position_embeddings || args.tokens > cfg.max_position_embeddings {
+    if args.prompt + 1 > cfg.max_position_embeddings
+        || args.depth.saturating_add(args.tokens) > cfg.max_position_embeddings
+    {
         return Err(Error::Request(format!("the model's context is {} positions", cfg.max_position_embeddings)));
     }
 
@@ -183,9 +201,13 @@ fn measure(args: &LlmBenchArgs, threads: usize) -> Result<LlmBenchReport> {
         first = argmax(&logits);
     }
 
-    // Decode: one token at a time from an empty cache, greedy, each step ending with its logits
-    // on the host.
+    // Decode: one token at a time after `depth` positions (prefilled in the engine's chunks, not
+    // timed), greedy, each step ending with its logits on the host.
     let mut cache = KvCache::new();
+    let context = token_ids(args.depth, cfg.vocab_size, 2);
+    for chunk in context.chunks(crate::model::plan::PREFILL_CHUNK) {
+        llm.forward(&llm.embed(chunk)?, &mut cache)?;
+    }
     let mut per_token = Vec::with_capacity(args.tokens);
     let mut next = first.max(3);
     let t = Instant::now();
@@ -232,6 +254,7 @@ fn measure(args: &LlmBenchArgs, threads: usize) -> Result<LlmBenchReport> {
         prefill_s,
         prefill_tokens_per_s: if prefill_s > 0.0 { args.prompt as f64 / prefill_s } else { 0.0 },
         decode_tokens: args.tokens,
+        depth: args.depth,
         decode_s,
         ms_per_token,
         ms_per_token_median: median(&mut per_token),
@@ -239,6 +262,7 @@ fn measure(args: &LlmBenchArgs, threads: usize) -> Result<LlmBenchReport> {
         weight_bytes_per_token: llm.weight_bytes_per_token(),
         head_bytes,
         read_gbps: None,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
@@ -265,13 +289,14 @@ mod tests {
             device: DeviceKind::Cpu,
             prompt: 8,
             tokens: 4,
+            depth: 5,
             head_reps: 2,
             threads: None,
             roof: false,
             roof_only: false,
         };
         let r = measure(&args, 1).unwrap();
-        assert_eq!((r.layers, r.decode_tokens, r.prefill_tokens), (3, 4, 8));
+        assert_eq!((r.layers, r.decode_tokens, r.prefill_tokens, r.depth), (3, 4, 8, 5));
         assert!(r.decode_s > 0.0 && r.prefill_s > 0.0 && r.head_ms.is_some());
         assert!(r.weight_bytes_per_token > r.head_bytes.unwrap());
     }

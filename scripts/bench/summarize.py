@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Records and tabulates the runs of scripts/bench-vs-llamacpp.sh (standard library only).
 
-    summarize.py ours  --fmt q4k --layers 2 --round 1 < bench-llm.json    >> raw.jsonl
-    summarize.py llama --fmt q4k --layers 2 --round 1 < llama-bench.json  >> raw.jsonl
+    summarize.py ours  --fmt q4k --layers 2 [--depth 0] --round 1 < bench-llm.json    >> raw.jsonl
+    summarize.py llama --fmt q4k --layers 2 [--depth 0] --round 1 < llama-bench.json  >> raw.jsonl
     summarize.py roof  --round 1 < bench-llm-roof.json                    >> raw.jsonl
     summarize.py table raw.jsonl [--machine TEXT]
 
@@ -10,7 +10,9 @@ Per 13B layer = (time with 4 layers - time with 2 layers) / 2, from the medians 
 each side; everything that is not a layer (embedding, final norm, output head, sampling,
 framework overhead) cancels. "Fixed" = time with 2 layers - 2 x per-layer: the output head plus
 per-token overhead. Ratio = ziya-visual ms / llama.cpp ms (2.0: llama.cpp decodes twice as many
-tokens per second). % of roof = (bytes read / read bandwidth) / measured time.
+tokens per second). % of roof = (bytes read / read bandwidth) / measured time. With runs at
+several depths (positions in the cache before decoding), the main tables use the smallest and a
+last table sets each depth's per-layer decode against it.
 """
 import argparse
 import json
@@ -32,7 +34,7 @@ def record(args):
         r = json.loads(text.strip().splitlines()[-1])
         print(json.dumps({**base, "read_gbps": r["read_gbps"], "threads": r["threads"]}))
         return
-    base.update({"fmt": args.fmt, "layers": args.layers})
+    base.update({"fmt": args.fmt, "layers": args.layers, "depth": args.depth})
     if args.cmd == "ours":
         r = json.loads(text.strip().splitlines()[-1])
         print(json.dumps({**base, "decode_ms": r["ms_per_token"], "decode_ms_median": r["ms_per_token_median"],
@@ -73,10 +75,13 @@ def table(args):
     rows = [json.loads(line) for line in open(args.raw) if line.strip()]
     roofs = [r for r in rows if r["side"] == "roof"]
     roof = med(roofs, "read_gbps")
-    runs = {}
+    depths = sorted({r.get("depth", 0) for r in rows if r["side"] in ("ours", "llama")})
+    base_depth = depths[0] if depths else 0
+    by_depth = {}
     for r in rows:
         if r["side"] in ("ours", "llama"):
-            runs.setdefault((r["side"], r["fmt"], r["layers"]), []).append(r)
+            by_depth.setdefault((r["side"], r["fmt"], r["layers"], r.get("depth", 0)), []).append(r)
+    runs = {(s, f, n): rs for (s, f, n, d), rs in by_depth.items() if d == base_depth}
     fmts = [f for f in ORDER if any(k[1] == f for k in runs)]
     rounds = max((r["round"] for r in rows), default=0)
     threads = next((r["threads"] for r in rows if r.get("threads")), "?")
@@ -92,7 +97,8 @@ def table(args):
     out = []
     if args.machine:
         out.append(f"Machine: {args.machine}.")
-    out.append(f"Medians of {rounds} interleaved rounds, {threads} threads, 64 decoded tokens from an empty cache; "
+    start = "from an empty cache" if base_depth == 0 else f"after {base_depth} positions"
+    out.append(f"Medians of {rounds} interleaved rounds, {threads} threads, 64 decoded tokens {start}; "
                f"read-bandwidth roof {fmt_ms(roof)} GB/s (1 GiB sum, {threads} threads, median of "
                f"{len(roofs)}: {', '.join(fmt_ms(r['read_gbps']) for r in roofs)}).")
     out.append("")
@@ -143,6 +149,25 @@ def table(args):
             name = "ziya-visual" if side == "ours" else "llama.cpp"
             out.append(f"| {f} | {name} | {fmt_ms(med(a, 'decode_ms'))} | {spread(a, 'decode_ms'):.0f} % | "
                        f"{fmt_ms(med(b, 'decode_ms'))} | {spread(b, 'decode_ms'):.0f} % |")
+    if len(depths) > 1:
+        out.append("")
+        out.append(f"| decode per 13B layer at a depth, against depth {base_depth} | depth | ziya-visual ms | ratio | "
+                   "llama.cpp ms | ratio |")
+        out.append("|---|---|---|---|---|---|")
+        for f in fmts:
+            def layer_at(side, d):
+                a, b = by_depth.get((side, f, 2, d)), by_depth.get((side, f, 4, d))
+                if not a or not b:
+                    return None
+                return (med(b, "decode_ms") - med(a, "decode_ms")) / 2
+            base = {side: layer_at(side, base_depth) for side in ("ours", "llama")}
+            for d in depths:
+                cells = []
+                for side in ("ours", "llama"):
+                    t = layer_at(side, d)
+                    ratio = f"{t / base[side]:.3f}" if t and base[side] and base[side] > 0 else "–"
+                    cells += [fmt_ms(t), ratio]
+                out.append(f"| {f} | {d} | " + " | ".join(cells) + " |")
     if cpu:
         out.append("")
         out.append(f"llama.cpp build {next((r['build'] for r in rows if r.get('build')), '?')}, cpu_info: {cpu}.")
@@ -156,6 +181,7 @@ def main():
         p = sub.add_parser(name)
         p.add_argument("--fmt", required=True)
         p.add_argument("--layers", type=int, required=True)
+        p.add_argument("--depth", type=int, default=0)
         p.add_argument("--round", type=int, required=True)
     p = sub.add_parser("roof")
     p.add_argument("--round", type=int, required=True)

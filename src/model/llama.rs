@@ -13,8 +13,11 @@ use super::weights::Weights;
 use crate::device::KvPrecision;
 use crate::error::{Error, Result};
 
-/// Keys and values of every layer for the positions computed so far. Buffers grow in steps and
-/// can be truncated, so a new prompt that starts with the cached positions only computes the rest.
+/// Keys and values of every layer for the positions computed so far. On the CPU each layer's
+/// buffers are reserved for the model's whole context when first written (zeroed memory that the
+/// OS only commits as positions are written, so a short chat costs what it holds), and are never
+/// grown or copied afterwards; a GPU's buffers grow in [`CACHE_STEP`] steps. The cache can be
+/// truncated, so a new prompt that starts with the cached positions only computes the rest.
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
@@ -27,7 +30,7 @@ struct LayerCache {
     len: usize,
 }
 
-/// Positions added to a cache buffer at a time when it must grow (the planner sizes by it too).
+/// Positions added to a GPU cache buffer at a time when it must grow (the planner sizes by it too).
 pub const CACHE_STEP: usize = 256;
 
 impl KvCache {
@@ -55,6 +58,11 @@ impl KvCache {
         self.layers.clear();
     }
 
+    /// Positions the buffers can hold without growing (0 before the first forward pass).
+    pub fn capacity(&self) -> usize {
+        self.layers.first().and_then(|l| l.k.as_ref()).map_or(0, |k| k.dim(2).unwrap_or(0))
+    }
+
     fn layer(&mut self, i: usize) -> &mut LayerCache {
         if self.layers.len() <= i {
             self.layers.resize_with(i + 1, LayerCache::default);
@@ -63,30 +71,48 @@ impl KvCache {
     }
 }
 
+/// K and V buffers (1, kv_heads, capacity, head_dim) of zeros in `dtype` on the CPU, as two views
+/// of one allocation. The allocation is zeroed by the allocator (`calloc`), which for buffers this
+/// size maps fresh pages: they cost resident memory only once written. (candle's `zeros` writes
+/// its f16 zeros, committing every page at once.)
+fn cpu_kv_buffers(kv_heads: usize, capacity: usize, head_dim: usize, dtype: DType) -> CResult<(Tensor, Tensor)> {
+    let shape = (2, kv_heads, capacity, head_dim);
+    let n = 2 * kv_heads * capacity * head_dim;
+    let both = match dtype {
+        DType::F16 => {
+            use half::vec::HalfBitsVecExt;
+            Tensor::from_vec(vec![0u16; n].reinterpret_into::<half::f16>(), shape, &Device::Cpu)?
+        }
+        DType::F32 => Tensor::from_vec(vec![0f32; n], shape, &Device::Cpu)?,
+        other => Tensor::zeros(shape, other, &Device::Cpu)?,
+    };
+    Ok((both.narrow(0, 0, 1)?, both.narrow(0, 1, 1)?))
+}
+
 impl LayerCache {
     /// Appends (1, kv_heads, n, head_dim) keys and values, stored in `dtype`; returns the whole
     /// (1, kv_heads, capacity, head_dim) buffers, of which the first [`Self::len`] positions are
-    /// valid. Buffers are allocated ahead in steps, so one decode step copies nothing but its
-    /// own keys and values.
-    fn append(&mut self, k: &Tensor, v: &Tensor, dtype: DType) -> CResult<(Tensor, Tensor)> {
+    /// valid. On the CPU the buffers are made for `context` positions at once; elsewhere they grow
+    /// in steps. Either way one decode step copies nothing but its own keys and values.
+    fn append(&mut self, k: &Tensor, v: &Tensor, dtype: DType, context: usize) -> CResult<(Tensor, Tensor)> {
         let n = k.dim(2)?;
         let need = self.len + n;
         let same_dtype = self.k.as_ref().is_none_or(|t| t.dtype() == dtype);
         let capacity = self.k.as_ref().filter(|_| same_dtype).map_or(0, |t| t.dim(2).unwrap_or(0));
         if need > capacity {
-            let new_cap = need.next_multiple_of(CACHE_STEP).max(capacity * 2);
-            let grow = |old: &Option<Tensor>, like: &Tensor| -> CResult<Tensor> {
-                let (b, h, _, d) = like.dims4()?;
-                let buf = Tensor::zeros((b, h, new_cap, d), dtype, like.device())?;
-                if let Some(old) = old {
-                    if self.len > 0 {
-                        buf.slice_set(&old.narrow(2, 0, self.len)?.to_dtype(dtype)?.contiguous()?, 2, 0)?;
-                    }
-                }
-                Ok(buf)
+            let (b, h, _, d) = k.dims4()?;
+            let (kb, vb) = if k.device().is_cpu() && b == 1 {
+                cpu_kv_buffers(h, need.max(context), d, dtype)?
+            } else {
+                let new_cap = need.next_multiple_of(CACHE_STEP).max(capacity * 2);
+                let zeros = || Tensor::zeros((b, h, new_cap, d), dtype, k.device());
+                (zeros()?, zeros()?)
             };
-            let kb = grow(&self.k, k)?;
-            let vb = grow(&self.v, v)?;
+            for (buf, old) in [(&kb, &self.k), (&vb, &self.v)] {
+                if let Some(old) = old.as_ref().filter(|_| self.len > 0) {
+                    buf.slice_set(&old.narrow(2, 0, self.len)?.to_dtype(dtype)?.contiguous()?, 2, 0)?;
+                }
+            }
             self.k = Some(kb);
             self.v = Some(vb);
         }
@@ -142,6 +168,8 @@ struct SelfAttention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Positions the model can attend over (a CPU cache is made this long at once).
+    context: usize,
 }
 
 impl SelfAttention {
@@ -156,6 +184,7 @@ impl SelfAttention {
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_kv_heads(),
             head_dim: hd,
+            context: cfg.max_position_embeddings,
         })
     }
 
@@ -177,7 +206,7 @@ impl SelfAttention {
         let v = shape(self.v_proj.forward(xs)?, self.kv_heads)?;
         let q = rope.apply(&q, offset)?;
         let k = rope.apply(&k, offset)?;
-        let (kb, vb) = cache.append(&k, &v, kv_dtype)?;
+        let (kb, vb) = cache.append(&k, &v, kv_dtype, self.context)?;
         let len = cache.len;
         let scale = (self.head_dim as f64).powf(-0.5);
         let out = if n == 1 && b == 1 && xs.device().is_cpu() {
@@ -461,4 +490,68 @@ fn causal_mask(n: usize, offset: usize, device: &Device) -> CResult<Tensor> {
     let mask: Vec<f32> =
         (0..n).flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (n, total), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::read_llm_config;
+    use crate::model::weights::{Checkpoint, LoadCounter};
+
+    fn tiny(dtype: DType) -> Llama {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-ziya/llm");
+        let cfg = read_llm_config(&dir).unwrap();
+        let ckpt = Arc::new(Checkpoint::open(&dir, Arc::new(LoadCounter::default())).unwrap());
+        Llama::load(&Weights::new(ckpt, dtype, &Device::Cpu), &cfg, None).unwrap()
+    }
+
+    /// Address of a CPU tensor's storage (the same for views of one buffer).
+    fn addr(t: &Tensor) -> usize {
+        use candle_core::{CpuStorage, Storage};
+        let (s, _) = t.storage_and_layout();
+        match &*s {
+            Storage::Cpu(CpuStorage::F32(v)) => v.as_ptr() as usize,
+            Storage::Cpu(CpuStorage::F16(v)) => v.as_ptr() as usize,
+            _ => unreachable!("the tiny model's cache is f32 or f16 on the CPU"),
+        }
+    }
+
+    #[test]
+    fn a_cpu_cache_is_made_for_the_whole_context_once_and_never_moves() {
+        let llm = tiny(DType::F32);
+        let context = llm.config().max_position_embeddings;
+        let mut cache = KvCache::new();
+        llm.forward(&llm.embed(&[5, 6, 7]).unwrap(), &mut cache).unwrap();
+        assert_eq!(cache.capacity(), context);
+        let first = addr(cache.layers[0].k.as_ref().unwrap());
+        for id in 8..40 {
+            llm.forward(&llm.embed(&[id]).unwrap(), &mut cache).unwrap();
+        }
+        assert_eq!(cache.len(), 35);
+        assert_eq!(addr(cache.layers[0].k.as_ref().unwrap()), first, "the buffer was replaced while decoding");
+        // Truncating and refilling reuses it too.
+        cache.truncate(2);
+        llm.forward(&llm.embed(&[9, 10]).unwrap(), &mut cache).unwrap();
+        assert_eq!(addr(cache.layers[0].k.as_ref().unwrap()), first);
+        // Keys and values are views of one buffer (one allocation the OS commits as written).
+        let l = &cache.layers[0];
+        assert_eq!(addr(l.k.as_ref().unwrap()), addr(l.v.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn a_cache_switched_to_another_precision_keeps_its_positions() {
+        let mut llm = tiny(DType::F32);
+        llm.set_kv(KvPrecision::F32);
+        let ids: Vec<u32> = (5..25).collect();
+        let reference = llm.forward(&llm.embed(&ids).unwrap(), &mut KvCache::new()).unwrap();
+        let mut cache = KvCache::new();
+        llm.forward(&llm.embed(&ids[..12]).unwrap(), &mut cache).unwrap();
+        assert_eq!(cache.layers[0].k.as_ref().unwrap().dtype(), DType::F32);
+        llm.set_kv(KvPrecision::F16);
+        let logits = llm.forward(&llm.embed(&ids[12..]).unwrap(), &mut cache).unwrap();
+        assert_eq!(cache.layers[0].k.as_ref().unwrap().dtype(), DType::F16);
+        assert_eq!(cache.len(), ids.len());
+        let worst = reference.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-2, "logits moved by {worst} after the switch to an f16 cache");
+    }
 }

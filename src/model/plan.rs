@@ -156,11 +156,13 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
 
     let cfg = r.llm;
     let kv_width = mul(&[cfg.num_kv_heads() as u64, cfg.head_dim() as u64]);
-    let cap = cache_capacity(r.prompt, r.context) as u64;
+    // On the CPU the cache is reserved for the whole model context at once but only the
+    // positions written become resident; a GPU's buffers grow in steps, and a growing layer holds
+    // its old buffer next to the new one for a moment.
+    let cap = if r.on_cpu { r.context } else { cache_capacity(r.prompt, r.context) } as u64;
     let kv_size = r.kv.dtype(r.dtype, r.on_cpu).size_in_bytes() as u64;
     let per_layer = mul(&[2, cap, kv_width, kv_size]);
-    // A growing layer holds its old buffer next to the new one for a moment.
-    let old_cap = if cap > CACHE_STEP as u64 { cap / 2 } else { 0 };
+    let old_cap = if !r.on_cpu && cap > CACHE_STEP as u64 { cap / 2 } else { 0 };
     let kv_cache =
         mul(&[per_layer, cfg.num_hidden_layers as u64]).saturating_add(mul(&[2, old_cap, kv_width, kv_size]));
 
@@ -421,7 +423,11 @@ mod tests {
         assert_eq!(estimate(&r(DType::F32, true, KvPrecision::F32)).kv_cache, 2 * f16);
         // f32 is only for an f32 model; a GPU keeps the model's precision.
         assert_eq!(estimate(&r(DType::F16, true, KvPrecision::F32)).kv_cache, f16);
-        assert_eq!(estimate(&r(DType::F32, false, KvPrecision::F16)).kv_cache, 2 * f16);
+        // (A GPU's cache also grows: its last step holds the old half-size buffer of one layer.)
+        let growth = (2 * 1024 * l.num_kv_heads() * l.head_dim() * 4) as u64;
+        assert_eq!(estimate(&r(DType::F32, false, KvPrecision::F16)).kv_cache, 2 * f16 + growth);
+        // The CPU's is made for the context at once: exactly 2048 positions of every layer.
+        assert_eq!(f16, (2 * 2048 * l.num_kv_heads() * l.head_dim() * 2 * l.num_hidden_layers) as u64);
         // Quantized weights on the CPU are counted once (no repacked copy), and the embedding
         // table is quantized there too.
         let cpu = estimate(&r(DType::F32, true, KvPrecision::F16));
