@@ -380,7 +380,9 @@ pub fn matmul_with(isa: Isa, pool: &pool::Pool, w: &CpuWeight, x: &[f32], n: usi
                     return;
                 }
                 let tile = q8_0::token_tile(isa);
-                run_tiles(pool, rows, n, row_bytes, 1, tile, |r, t| {
+                // AVX-512 decode works on four rows at a time: chunks start on multiples of 4.
+                let align = if isa == Isa::Avx512 { 4 } else { 1 };
+                run_tiles(pool, rows, n, row_bytes, align, tile, |r, t| {
                     q8_0::rows(isa, w, r, &acts[t.clone()], t.start, outp)
                 });
             });

@@ -160,11 +160,25 @@ mod x86 {
             }
             ctrl[k] = _mm512_loadu_si512(b.as_ptr() as *const _);
         }
-        for r in rows {
-            let res = dot_avx512::<N>(base.add(r * rb), nb, &p, &ctrl);
-            for (t, v) in res.iter().enumerate() {
+        let mut r = rows.start;
+        // Decode (one token): four rows at a time, four weight streams and four chains.
+        if N == 1 {
+            while r + 4 <= rows.end {
+                let res = dot_avx512_r::<4, N>(std::array::from_fn(|i| base.add((r + i) * rb)), nb, &p, &ctrl);
+                for (i, row) in res.iter().enumerate() {
+                    for (t, v) in row.iter().enumerate() {
+                        *out.0.add((t0 + t) * stride + r + i) = *v;
+                    }
+                }
+                r += 4;
+            }
+        }
+        while r < rows.end {
+            let res = dot_avx512_r::<1, N>([base.add(r * rb)], nb, &p, &ctrl);
+            for (t, v) in res[0].iter().enumerate() {
                 *out.0.add((t0 + t) * stride + r) = *v;
             }
+            r += 1;
         }
     }
 
@@ -183,42 +197,53 @@ mod x86 {
         _mm_or_si128(lo, hi)
     }
 
+    /// `R` rows against `N` tokens, the rows' blocks interleaved (R weight streams in flight and
+    /// R independent chains); each row's block is unpacked once for the N tokens.
     #[inline(always)]
-    unsafe fn dot_avx512<const N: usize>(row: *const u8, nb: usize, p: &Ptrs<N>, ctrl: &[__m512i; 4]) -> [f32; N] {
+    unsafe fn dot_avx512_r<const R: usize, const N: usize>(
+        rows: [*const u8; R],
+        nb: usize,
+        p: &Ptrs<N>,
+        ctrl: &[__m512i; 4],
+    ) -> [[f32; N]; R] {
         let m4 = _mm512_set1_epi8(0x0F);
-        let mut facc = [_mm512_setzero_ps(); N];
-        let mut macc = [_mm_setzero_ps(); N];
+        let mut facc = [[_mm512_setzero_ps(); N]; R];
+        let mut macc = [[_mm_setzero_ps(); N]; R];
         for b in 0..nb {
-            let blk = row.add(b * BLOCK_BYTES);
-            let (d, dmin) = d_dmin(blk);
-            let sm = scales_avx(blk.add(4));
-            let smb = _mm512_broadcast_i32x4(sm);
-            let mn16 = _mm_cvtepu8_epi16(_mm_srli_si128::<8>(sm));
-            let raw0 = _mm512_loadu_si512(blk.add(16) as *const _);
-            let raw1 = _mm512_loadu_si512(blk.add(80) as *const _);
-            let wv = [
-                _mm512_and_si512(raw0, m4),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(raw0), m4),
-                _mm512_and_si512(raw1, m4),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(raw1), m4),
-            ];
-            let sv: [__m512i; 4] = std::array::from_fn(|k| _mm512_shuffle_epi8(smb, ctrl[k]));
-            for t in 0..N {
-                let y = p.qs[t].add(b * QK_K);
-                let mut isum = _mm512_setzero_si512();
-                for k in 0..4 {
-                    let pr = _mm512_maddubs_epi16(wv[k], _mm512_loadu_si512(y.add(64 * k) as *const _));
-                    isum = _mm512_dpwssd_epi32(isum, pr, sv[k]);
+            for i in 0..R {
+                let blk = rows[i].add(b * BLOCK_BYTES);
+                let (d, dmin) = d_dmin(blk);
+                let sm = scales_avx(blk.add(4));
+                let smb = _mm512_broadcast_i32x4(sm);
+                let mn16 = _mm_cvtepu8_epi16(_mm_srli_si128::<8>(sm));
+                let raw0 = _mm512_loadu_si512(blk.add(16) as *const _);
+                let raw1 = _mm512_loadu_si512(blk.add(80) as *const _);
+                let wv = [
+                    _mm512_and_si512(raw0, m4),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(raw0), m4),
+                    _mm512_and_si512(raw1, m4),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(raw1), m4),
+                ];
+                let sv: [__m512i; 4] = std::array::from_fn(|k| _mm512_shuffle_epi8(smb, ctrl[k]));
+                for t in 0..N {
+                    let y = p.qs[t].add(b * QK_K);
+                    let mut isum = _mm512_setzero_si512();
+                    for k in 0..4 {
+                        let pr = _mm512_maddubs_epi16(wv[k], _mm512_loadu_si512(y.add(64 * k) as *const _));
+                        isum = _mm512_dpwssd_epi32(isum, pr, sv[k]);
+                    }
+                    let pm = _mm_madd_epi16(mn16, _mm_loadu_si128(p.pairs[t].add(b * 8) as *const __m128i));
+                    let yd = *p.d[t].add(b);
+                    facc[i][t] = _mm512_fmadd_ps(_mm512_set1_ps(d * yd), _mm512_cvtepi32_ps(isum), facc[i][t]);
+                    macc[i][t] = _mm_fmadd_ps(_mm_set1_ps(dmin * yd), _mm_cvtepi32_ps(pm), macc[i][t]);
                 }
-                let pm = _mm_madd_epi16(mn16, _mm_loadu_si128(p.pairs[t].add(b * 8) as *const __m128i));
-                let yd = *p.d[t].add(b);
-                facc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * yd), _mm512_cvtepi32_ps(isum), facc[t]);
-                macc[t] = _mm_fmadd_ps(_mm_set1_ps(dmin * yd), _mm_cvtepi32_ps(pm), macc[t]);
             }
         }
-        let mut res = [0f32; N];
-        for t in 0..N {
-            res[t] = _mm512_reduce_add_ps(facc[t]) - hsum128(macc[t]);
+        let mut res = [[0f32; N]; R];
+        for i in 0..R {
+            for t in 0..N {
+                res[i][t] = _mm512_reduce_add_ps(facc[i][t]) - hsum128(macc[i][t]);
+            }
         }
         res
     }

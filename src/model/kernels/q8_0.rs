@@ -69,12 +69,98 @@ mod x86 {
         Ptrs { qs: std::array::from_fn(|t| acts[t].qs.as_ptr()), d: std::array::from_fn(|t| acts[t].d.as_ptr()) }
     }
 
+    /// Decode (one or two tokens) goes four rows at a time: four weight streams in flight per
+    /// core and four independent accumulator chains, with each token's activations and scales
+    /// loaded once for the four. More tokens go one row at a time (registers run out).
     pub unsafe fn rows_avx512(w: &CpuWeight, rows: Range<usize>, acts: &[Q80Row], t0: usize, out: SendPtr<f32>) {
         let mut t = 0;
         while t < acts.len() {
             let k = (acts.len() - t).min(8);
-            dispatch_n!(k, rows_avx512_n, w, rows.clone(), &acts[t..t + k], t0 + t, out);
+            let a = &acts[t..t + k];
+            let mut r = rows.start;
+            if k <= 2 {
+                while r + 4 <= rows.end {
+                    match k {
+                        1 => rows_avx512_rn::<4, 1>(w, r, a, t0 + t, out),
+                        _ => rows_avx512_rn::<4, 2>(w, r, a, t0 + t, out),
+                    }
+                    r += 4;
+                }
+            }
+            while r < rows.end {
+                dispatch_n!(k, rows_avx512_n, w, r..r + 1, a, t0 + t, out);
+                r += 1;
+            }
             t += k;
+        }
+    }
+
+    /// Rows `r0..r0 + R` against `N` tokens; blocks two at a time as in [`rows_avx512_n`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn rows_avx512_rn<const R: usize, const N: usize>(
+        w: &CpuWeight,
+        r0: usize,
+        acts: &[Q80Row],
+        t0: usize,
+        out: SendPtr<f32>,
+    ) {
+        let p = ptrs::<N>(acts);
+        let nb = w.cols() / QK8_0;
+        let stride = w.rows();
+        let rb = w.row_bytes();
+        let rowp: [*const u8; R] = std::array::from_fn(|i| w.bytes().as_ptr().add((r0 + i) * rb));
+        let zero = _mm512_setzero_si512();
+        let pidx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        let mut facc = [[_mm512_setzero_ps(); N]; R];
+        let mut b = 0;
+        while b + 2 <= nb {
+            let ys: [__m512i; N] = std::array::from_fn(|t| _mm512_loadu_si512(p.qs[t].add(b * QK8_0) as *const _));
+            let dys: [__m512; N] = std::array::from_fn(|t| {
+                _mm512_permutexvar_ps(
+                    pidx,
+                    _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(p.d[t].add(b) as *const f64))),
+                )
+            });
+            for i in 0..R {
+                let b0 = rowp[i].add(b * BLOCK_BYTES);
+                let wv = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
+                    _mm256_loadu_si256(b0.add(36) as *const __m256i),
+                );
+                let neg = _mm512_movepi8_mask(wv);
+                let aw = _mm512_abs_epi8(wv);
+                let dw = _mm_cvtph_ps(_mm_insert_epi16::<1>(
+                    _mm_cvtsi32_si128((b0 as *const u16).read_unaligned() as i32),
+                    (b0.add(BLOCK_BYTES) as *const u16).read_unaligned() as i32,
+                ));
+                let dwv = _mm512_permutexvar_ps(pidx, _mm512_castps128_ps512(dw));
+                for t in 0..N {
+                    let sy = _mm512_mask_sub_epi8(ys[t], neg, zero, ys[t]);
+                    let is = _mm512_dpbusd_epi32(zero, aw, sy);
+                    facc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dwv, dys[t]), facc[i][t]);
+                }
+            }
+            b += 2;
+        }
+        for i in 0..R {
+            let mut res = [0f32; N];
+            for t in 0..N {
+                res[t] = _mm512_reduce_add_ps(facc[i][t]);
+            }
+            if b < nb {
+                let blk = rowp[i].add(b * BLOCK_BYTES);
+                let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let aw = _mm256_abs_epi8(wv);
+                let dw = f16_to_f32((blk as *const u16).read_unaligned());
+                for t in 0..N {
+                    let y = _mm256_loadu_si256(p.qs[t].add(b * QK8_0) as *const __m256i);
+                    let is = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, wv));
+                    res[t] += dw * *p.d[t].add(b) * hsum256(_mm256_cvtepi32_ps(is));
+                }
+            }
+            for (t, v) in res.iter().enumerate() {
+                *out.0.add((t0 + t) * stride + r0 + i) = *v;
+            }
         }
     }
 
