@@ -105,6 +105,9 @@ pub enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write only the vision folder (the LLM folder gets its config.json alone).
+        #[arg(long)]
+        vision_only: bool,
     },
 }
 
@@ -350,8 +353,8 @@ pub fn run(command: &Command) -> Result<()> {
         Command::MergeDelta { base, delta, out } => run_merge_delta(base, delta, out),
         Command::Plan { model, prompt, context } => run_plan(model, *prompt, *context),
         Command::BenchLlm(args) => crate::llm_bench::run(args),
-        Command::MakeRandomModel { preset, out, seed } => {
-            crate::model::random::write(out, *preset, *seed).map(|(v, l)| {
+        Command::MakeRandomModel { preset, out, seed, vision_only } => {
+            crate::model::random::write_parts(out, *preset, *seed, !vision_only).map(|(v, l)| {
                 println!("{}\n{}", v.display(), l.display());
             })
         }

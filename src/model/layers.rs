@@ -24,15 +24,21 @@ pub enum Linear {
 }
 
 impl Linear {
-    /// A dense layer. f16 weights on the CPU go to our kernels (f32 accumulation; on a 13B-shaped
-    /// layer about 3x candle's speed for one token and 1.7x for a 512-token prefill when
-    /// measured on a 2-core AVX-512 machine); f32 and bf16 weights, and every GPU, stay with
-    /// candle.
+    /// A dense layer. f16 and f32 weights on the CPU go to our kernels (f32 accumulation; f16 on
+    /// a 13B-shaped layer about 3x candle's speed for one token and 1.7x for a 512-token prefill,
+    /// f32 decode of the medium model 2.6x, on a 2-core AVX-512 machine); bf16 weights and
+    /// every GPU stay with candle.
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(w.get(out_dim, "bias")?) } else { None };
-        if weight.device().is_cpu() && weight.dtype() == DType::F16 && own_cpu_kernels() {
-            let cw = dense_f16(&weight)?;
+        Self::new(weight, bias)
+    }
+
+    /// A dense layer from a weight (out, in) already in its running dtype and device, on our
+    /// kernels where [`Linear::load`] would put it.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if weight.device().is_cpu() && matches!(weight.dtype(), DType::F16 | DType::F32) && own_cpu_kernels() {
+            let cw = dense_cpu(&weight)?;
             drop(weight);
             return Ok(Self::cpu(cw, bias));
         }
@@ -98,16 +104,17 @@ pub fn own_cpu_kernels() -> bool {
     *OWN.get_or_init(|| std::env::var("ZIYA_VISUAL_CPU_KERNELS").as_deref() != Ok("candle"))
 }
 
-/// A 2-D f16 CPU tensor (out, in) as a kernel weight, copied straight from its storage.
-fn dense_f16(t: &Tensor) -> Result<CpuWeight> {
+/// A 2-D f16 or f32 CPU tensor (out, in) as a kernel weight, copied straight from its storage.
+fn dense_cpu(t: &Tensor) -> Result<CpuWeight> {
     let (rows, cols) = t.dims2()?;
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F16(data)) = &*storage else {
-        return Err(candle_core::Error::Msg("expected an f16 tensor on the CPU".into()).into());
-    };
-    let start = layout.start_offset();
-    Ok(CpuWeight::from_f16(rows, cols, &data[start..start + rows * cols])?)
+    let span = layout.start_offset()..layout.start_offset() + rows * cols;
+    Ok(match &*storage {
+        Storage::Cpu(CpuStorage::F16(data)) => CpuWeight::from_f16(rows, cols, &data[span])?,
+        Storage::Cpu(CpuStorage::F32(data)) => CpuWeight::from_f32(Format::F32, rows, cols, &data[span])?,
+        _ => return Err(candle_core::Error::Msg("expected an f16 or f32 tensor on the CPU".into()).into()),
+    })
 }
 
 /// Quantizes a 2-D f32 CPU tensor (out, in) to `q`, rows spread over the kernels' thread pool;

@@ -136,6 +136,12 @@ fn write_shards(dir: &Path, list: &TensorList, dtype: DType, seed: u64, shard_by
 /// Writes `<out>/vision` (f32, like the real repo) and `<out>/llm` (f16 shards, like the real
 /// LLM) with the demo's tokenizer. Returns the two folders.
 pub fn write(out: &Path, preset: Preset, seed: u64) -> Result<(PathBuf, PathBuf)> {
+    write_parts(out, preset, seed, true)
+}
+
+/// [`write`], or with `llm: false` only the vision folder (and the LLM's config.json, so the pair's
+/// shapes stay on record): the vision tower of the real shapes without 26 GB of LLM.
+pub fn write_parts(out: &Path, preset: Preset, seed: u64, llm: bool) -> Result<(PathBuf, PathBuf)> {
     let (vjson, ljson) = configs(preset);
     let vision_dir = out.join("vision");
     let llm_dir = out.join("llm");
@@ -152,6 +158,9 @@ pub fn write(out: &Path, preset: Preset, seed: u64) -> Result<(PathBuf, PathBuf)
     let mut vision = vision_tensors(&vcfg);
     vision.extend(projection_tensors(&vcfg, lcfg.hidden_size));
     write_shards(&vision_dir, &vision, DType::F32, seed, usize::MAX)?;
+    if !llm {
+        return Ok((vision_dir, llm_dir));
+    }
     write_shards(&llm_dir, &llm_tensors(&lcfg), DType::F16, seed.wrapping_add(1), 2 << 30)?;
     // The tiny checkpoint's tokenizer: random weights make any text noise anyway.
     for (name, bytes) in crate::assets::tiny_tokenizer_files() {

@@ -73,7 +73,8 @@ impl Attention {
             None
         };
         Ok(Self {
-            qkv: Linear::from_parts(qkv_w, qkv_b),
+            // One (3d, d) product as the checkpoint stores it; f16 on the CPU on our kernels too.
+            qkv: Linear::new(qkv_w, qkv_b)?,
             projection: Linear::load(&w.pp("projection"), d, d, true)?,
             heads: cfg.num_attention_heads,
             scale: ((d / cfg.num_attention_heads) as f64).powf(-0.5),
