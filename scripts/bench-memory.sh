@@ -79,15 +79,19 @@ for r in rows:
     print(f"| {r['fmt']} | {r['layers']} | {r['prompt'] + r['generated']} | {gb(total)} | {gb(r['peak_rss'])} | "
           f"{r['peak_rss'] / total:.3f} |")
 print()
-print("| format | 40 layers = t(2) + 19 × (t(4) − t(2)) | plan GB | peak RSS GB | RSS / plan | per layer: plan MB / RSS MB |")
+print("| format | 40 layers = t(2) + 19 × (t(4) − t(2)) | plan GB | peak RSS GB | RSS / plan | per layer (weights + KV): plan MB / RSS MB |")
 print("|---|---|---|---|---|---|")
 for fmt in dict.fromkeys(r["fmt"] for r in rows):
     a, b = by.get((fmt, 2)), by.get((fmt, 4))
     if not a or not b:
         continue
-    p = a["plan"]["total"] + 19 * (b["plan"]["total"] - a["plan"]["total"])
+    # The plan's peak is weights + max(loading's extra, KV cache + activations): its layer-bound
+    # parts (weights, KV cache) extrapolate linearly, then the max is taken at 40 layers.
+    lin = lambda k: a["plan"][k] + 19 * (b["plan"][k] - a["plan"][k])
+    pa = a["plan"]
+    p = pa["runtime"] + pa["vision_weights"] + lin("llm_weights") + max(pa["loading"], lin("kv_cache") + pa["activations"])
     m = a["peak_rss"] + 19 * (b["peak_rss"] - a["peak_rss"])
-    pl = (b["plan"]["total"] - a["plan"]["total"]) / 2e6
+    pl = (b["plan"]["llm_weights"] + b["plan"]["kv_cache"] - pa["llm_weights"] - pa["kv_cache"]) / 2e6
     ml = (b["peak_rss"] - a["peak_rss"]) / 2e6
     print(f"| {fmt} | extrapolated | {gb(p)} | {gb(m)} | {m / p:.3f} | {pl:.0f} / {ml:.0f} |")
 EOF

@@ -29,7 +29,7 @@ impl Linear {
     /// f32 decode of the medium model 2.6x, on a 2-core AVX-512 machine); bf16 weights and
     /// every GPU stay with candle.
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = w.get((out_dim, in_dim), "weight")?;
+        let weight = w.linear_weight((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(w.get(out_dim, "bias")?) } else { None };
         Self::new(weight, bias)
     }
@@ -201,13 +201,16 @@ pub fn embedding(w: &Weights, vocab: usize, hidden: usize) -> Result<Embedding> 
 /// after the product and normalised in f32, as transformers' eager attention does.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> CResult<Tensor> {
     let dtype = q.dtype();
-    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs.matmul(&v.contiguous()?)
+    // At most two (heads, queries, keys) f32 buffers alive at once (a 512-position chunk of a
+    // 13B layer at 2048 keys: 168 MB each): each step's input is dropped as soon as it is used,
+    // which the planner counts on.
+    let mut scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    drop(scores);
+    probs.to_dtype(dtype)?.matmul(&v.contiguous()?)
 }
 
 /// Splits (batch, seq, heads*head_dim) into (batch, heads, seq, head_dim).

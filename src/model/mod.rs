@@ -38,6 +38,8 @@ pub struct ZiyaVisual {
     pub llm: Llama,
     pub vision_config: VisionRepoConfig,
     dtype: DType,
+    /// What the vision side computes in (f32 on the CPU when `dtype` is f16).
+    vision_dtype: DType,
     device: Device,
 }
 
@@ -110,7 +112,14 @@ impl ZiyaVisual {
         // path) are why `done` may stop short of `total` until the caller marks the load finished.
         counter.add_total(vckpt.bytes_with_prefix(""));
         counter.add_total(lckpt.bytes_with_prefix(""));
-        let vw = Weights::new(vckpt, dtype, device);
+        // On the CPU an f16 vision side holds its linear weights in f16 (half the memory) and
+        // computes in f32: candle's f16 operations on the CPU (the attention products above all)
+        // and the conversions around every kernel call made f16 images 1.4x slower than f32.
+        let vision_dtype = if device.is_cpu() && dtype == DType::F16 { DType::F32 } else { dtype };
+        let mut vw = Weights::new(vckpt, vision_dtype, device);
+        if vision_dtype != dtype {
+            vw = vw.with_linear_dtype(dtype);
+        }
         let vision = VisionModel::load(&vw.pp("vision_model"), &vision_config.vision_config)?;
         let q = &vision_config.qformer_config;
         let qformer = QFormer::load(&vw.pp("qformer"), q)?;
@@ -118,7 +127,17 @@ impl ZiyaVisual {
         let projection = Linear::load(&vw.pp("language_projection"), q.hidden_size, llm_config.hidden_size, true)?;
         let lw = Weights::new(lckpt, dtype, device);
         let llm = Llama::load(&lw, &llm_config, quant)?;
-        Ok(Self { vision, qformer, query_tokens, projection, llm, vision_config, dtype, device: device.clone() })
+        Ok(Self {
+            vision,
+            qformer,
+            query_tokens,
+            projection,
+            llm,
+            vision_config,
+            dtype,
+            vision_dtype,
+            device: device.clone(),
+        })
     }
 
     pub fn dtype(&self) -> DType {
@@ -135,7 +154,7 @@ impl ZiyaVisual {
 
     /// Vision tower output (b, 1 + patches, vision hidden) for pixel values (b, 3, s, s).
     pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        Ok(self.vision.forward(&pixel_values.to_dtype(self.dtype)?.to_device(&self.device)?)?)
+        Ok(self.vision.forward(&pixel_values.to_dtype(self.vision_dtype)?.to_device(&self.device)?)?)
     }
 
     /// Q-Former output (b, num_query_tokens, qformer hidden) for vision features.

@@ -50,7 +50,7 @@ struct Attention {
 impl Attention {
     fn load(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
-        let qkv_w = w.pp("qkv").get((3 * d, d), "weight")?;
+        let qkv_w = w.pp("qkv").linear_weight((3 * d, d), "weight")?;
         // The 2023 checkpoints store `q_bias` and `v_bias`; the key has no bias. Newer
         // transformers saves one `qkv.bias` (with a zero key third). Accept both.
         let qkv_b = if w.contains("qkv.bias") {

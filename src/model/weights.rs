@@ -574,11 +574,25 @@ pub struct Weights {
     prefix: String,
     pub dtype: DType,
     pub device: Device,
+    /// Where set, the precision linear layers' weights are held in while everything else (and
+    /// the computation) is in `dtype`: f16 weights computed in f32 on the CPU.
+    linear_dtype: Option<DType>,
 }
 
 impl Weights {
     pub fn new(ckpt: Arc<Checkpoint>, dtype: DType, device: &Device) -> Self {
-        Self { ckpt, prefix: String::new(), dtype, device: device.clone() }
+        Self { ckpt, prefix: String::new(), dtype, device: device.clone(), linear_dtype: None }
+    }
+
+    /// The same view holding linear layers' weights in `dtype` (see [`Weights::linear_weight`]).
+    pub fn with_linear_dtype(&self, dtype: DType) -> Self {
+        Self { linear_dtype: Some(dtype), ..self.clone() }
+    }
+
+    /// A linear layer's weight: in the view's linear precision where one is set, else in `dtype`.
+    pub fn linear_weight(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        let dtype = self.linear_dtype.unwrap_or(self.dtype);
+        self.ckpt.load_shaped(&self.path(name), &shape.into(), dtype, &self.device)
     }
 
     /// The view one level down, e.g. `vb.pp("encoder").pp(3)`.
