@@ -87,15 +87,14 @@ mod x86 {
                     r += 4;
                 }
             }
-            while r < rows.end {
-                dispatch_n!(k, rows_avx512_n, w, r..r + 1, a, t0 + t, out);
-                r += 1;
-            }
+            dispatch_n!(k, rows_avx512_n, w, r..rows.end, a, t0 + t, out);
             t += k;
         }
     }
 
-    /// Rows `r0..r0 + R` against `N` tokens; blocks two at a time as in [`rows_avx512_n`].
+    /// Rows `r0..r0 + R` against `N` tokens. Two blocks per 512-bit step: |w| (u8) x (y with w's
+    /// sign) through vpdpbusd (exact integer sums), then one FMA with the two blocks' `dw * dy`
+    /// spread over their 8 lanes each.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn rows_avx512_rn<const R: usize, const N: usize>(
         w: &CpuWeight,
@@ -173,8 +172,8 @@ mod x86 {
         }
     }
 
-    /// Two blocks per 512-bit step: |w| (u8) x (y with w's sign) through vpdpbusd (exact integer
-    /// sums), then one FMA with the two blocks' `dw * dy` spread over their 8 lanes each.
+    /// One row at a time against `N` tokens (more tokens than the four-row tiles have registers
+    /// for, and the rows a four-row tile leaves over).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn rows_avx512_n<const N: usize>(
         w: &CpuWeight,
@@ -183,63 +182,8 @@ mod x86 {
         t0: usize,
         out: SendPtr<f32>,
     ) {
-        let p = ptrs::<N>(acts);
-        let nb = w.cols() / QK8_0;
-        let stride = w.rows();
-        let base = w.bytes().as_ptr();
-        let rb = w.row_bytes();
-        let zero = _mm512_setzero_si512();
-        let pidx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         for r in rows {
-            let row = base.add(r * rb);
-            let mut facc = [_mm512_setzero_ps(); N];
-            let mut b = 0;
-            while b + 2 <= nb {
-                let b0 = row.add(b * BLOCK_BYTES);
-                let wv = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
-                    _mm256_loadu_si256(b0.add(36) as *const __m256i),
-                );
-                let neg = _mm512_movepi8_mask(wv);
-                let aw = _mm512_abs_epi8(wv);
-                let dw = _mm_cvtph_ps(_mm_insert_epi16::<1>(
-                    _mm_cvtsi32_si128((b0 as *const u16).read_unaligned() as i32),
-                    (b0.add(BLOCK_BYTES) as *const u16).read_unaligned() as i32,
-                ));
-                // [dw0 x8, dw1 x8]
-                let dwv = _mm512_permutexvar_ps(pidx, _mm512_castps128_ps512(dw));
-                for t in 0..N {
-                    let y = _mm512_loadu_si512(p.qs[t].add(b * QK8_0) as *const _);
-                    let sy = _mm512_mask_sub_epi8(y, neg, zero, y);
-                    let is = _mm512_dpbusd_epi32(zero, aw, sy);
-                    let dy = _mm512_permutexvar_ps(
-                        pidx,
-                        _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(p.d[t].add(b) as *const f64))),
-                    );
-                    let sc = _mm512_mul_ps(dwv, dy);
-                    facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), sc, facc[t]);
-                }
-                b += 2;
-            }
-            let mut res = [0f32; N];
-            for t in 0..N {
-                res[t] = _mm512_reduce_add_ps(facc[t]);
-            }
-            if b < nb {
-                // odd block count: last block with 256-bit VNNI
-                let blk = row.add(b * BLOCK_BYTES);
-                let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                let aw = _mm256_abs_epi8(wv);
-                let dw = f16_to_f32((blk as *const u16).read_unaligned());
-                for t in 0..N {
-                    let y = _mm256_loadu_si256(p.qs[t].add(b * QK8_0) as *const __m256i);
-                    let is = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, wv));
-                    res[t] += dw * *p.d[t].add(b) * hsum256(_mm256_cvtepi32_ps(is));
-                }
-            }
-            for (t, v) in res.iter().enumerate() {
-                *out.0.add((t0 + t) * stride + r) = *v;
-            }
+            rows_avx512_rn::<1, N>(w, r, acts, t0, out);
         }
     }
 
