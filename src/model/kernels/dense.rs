@@ -305,8 +305,9 @@ mod neon {
     }
 }
 
-/// Batched (prefill) dense path, AVX-512: 32 weight rows x 128 columns at a time are widened to
-/// f32 and transposed into a per-thread scratch tile `[k][32 rows]`, then every token tile of 6
+/// Batched (prefill) dense path, AVX-512: blocks of up to 8 x 32 weight rows x 256 columns are
+/// widened to f32 and transposed into per-thread panels `[k][32 rows]` (kept in L2), then every
+/// token tile of 6 (copied side by side, in L1) passes over all panels of the block and
 /// accumulates `acc[rows] += W[k][rows] * x[t][k]` (rows in the 16 lanes, x broadcast): 12 FMAs
 /// per 8 loads, the shape of a GEMM micro-kernel. Used from [`BATCH_MIN`] tokens on.
 pub mod batched {
@@ -330,28 +331,35 @@ pub mod batched {
         let groups = w.rows().div_ceil(GR);
         let threads = pool.n_threads();
         let per = groups.div_ceil(threads);
-        let slabs = pool::Slabs::new(groups, threads, per.clamp(1, 2), 1);
+        // Up to MB groups per claimed chunk, and at least two chunks per thread so that a
+        // thread slowed by another process can be helped out.
+        let slabs = pool::Slabs::new(groups, threads, per.div_ceil(2).clamp(1, MB), 1);
         pool.run(|tid| {
             slabs.for_each(tid, |gr| {
-                for g in gr {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `applies` requires Isa::Avx512 (checked available by the driver);
-                    // x has n x cols values (asserted); out covers n x rows (driver).
-                    unsafe {
-                        x86b::group(w, g * GR, x, n, out)
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    {
-                        let _ = (g, x, n, out);
-                        unreachable!("dense batched path is x86-64 only");
-                    }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `applies` requires Isa::Avx512 (checked available by the driver);
+                // x has n x cols values (asserted); out covers n x rows (driver); gr holds at
+                // most MB groups (the chunk size).
+                unsafe {
+                    x86b::block(w, gr.start * GR, gr.len(), x, n, out)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (gr, x, n, out);
+                    unreachable!("dense batched path is x86-64 only");
                 }
             })
         });
     }
 
+    /// Rows per register tile (two 16-lane vectors).
     const GR: usize = 32;
-    const KC: usize = 128;
+    /// Columns per packed panel: a 32 x 256 f32 panel is 32 KB.
+    const KC: usize = 256;
+    /// Row groups per block: MB panels (256 KB) stay in L2 while every token tile passes over
+    /// them, so each token tile's activations (6 x KC, from L1) are reused by MB x 32 rows
+    /// instead of 32 — the activations of long prompts no longer stream from L3 per 32 rows.
+    const MB: usize = 8;
 
     #[cfg(target_arch = "x86_64")]
     mod x86b {
@@ -366,6 +374,7 @@ pub mod batched {
         thread_local! {
             static PACK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
             static ACC: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
+            static XPK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
         }
 
         /// 16x16 transpose of f32 (see batched::x86::transpose16 for the derivation).
@@ -455,68 +464,78 @@ pub mod batched {
             }
         }
 
-        pub unsafe fn group(w: &CpuWeight, r0: usize, x: &[f32], n: usize, out: SendPtr<f32>) {
+        /// Runs the `N`-token tile over every packed panel of the block.
+        #[inline(always)]
+        unsafe fn tiles<const N: usize>(p: &[Z], kc: usize, xp: [*const f32; N], acc: *mut Z, ng: usize, n: usize) {
+            for g in 0..ng {
+                tile::<N>(&p[g * 2 * KC..], kc, xp, acc.add(g * 2 * n));
+            }
+        }
+
+        /// `out` for rows `r0 .. r0 + 32 * ng` (`ng` <= MB) and all `n` tokens.
+        pub unsafe fn block(w: &CpuWeight, r0: usize, ng: usize, x: &[f32], n: usize, out: SendPtr<f32>) {
             let cols = w.cols();
             let rows = w.rows();
             PACK.with(|pc| {
                 ACC.with(|ac| {
-                    let mut p = pc.borrow_mut();
-                    if p.len() < 2 * KC {
-                        p.resize(2 * KC, Z([0.0; 16]));
-                    }
-                    let mut acc = ac.borrow_mut();
-                    acc.clear();
-                    acc.resize(2 * n, Z([0.0; 16]));
-                    let mut c0 = 0;
-                    while c0 < cols {
-                        let kc = (cols - c0).min(KC);
-                        pack(w, r0, c0, kc, &mut p);
-                        let mut t = 0;
-                        while t < n {
-                            let m = (n - t).min(6);
-                            let accp = acc.as_mut_ptr().add(2 * t);
-                            match m {
-                                1 => tile::<1>(&p, kc, [x.as_ptr().add(t * cols + c0)], accp),
-                                2 => tile::<2>(
-                                    &p,
-                                    kc,
-                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
-                                    accp,
-                                ),
-                                3 => tile::<3>(
-                                    &p,
-                                    kc,
-                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
-                                    accp,
-                                ),
-                                4 => tile::<4>(
-                                    &p,
-                                    kc,
-                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
-                                    accp,
-                                ),
-                                5 => tile::<5>(
-                                    &p,
-                                    kc,
-                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
-                                    accp,
-                                ),
-                                _ => tile::<6>(
-                                    &p,
-                                    kc,
-                                    std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c0)),
-                                    accp,
-                                ),
-                            }
-                            t += m;
+                    XPK.with(|xc| {
+                        let mut p = pc.borrow_mut();
+                        if p.len() < 2 * KC * MB {
+                            p.resize(2 * KC * MB, Z([0.0; 16]));
                         }
-                        c0 += kc;
-                    }
-                    let valid = (rows - r0).min(GR);
-                    for t in 0..n {
-                        let src = acc.as_ptr().add(2 * t) as *const f32;
-                        std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + r0), valid);
-                    }
+                        // acc[(g * n + t) * 2 + half]: group g's 32 rows for token t.
+                        let mut acc = ac.borrow_mut();
+                        acc.clear();
+                        acc.resize(2 * n * ng, Z([0.0; 16]));
+                        // The token tile's activations, copied next to each other (6 x KC): read
+                        // in place, rows 5120 or 6144 floats apart fall on the same L1 sets.
+                        let mut xpk = xc.borrow_mut();
+                        if xpk.len() < 6 * KC / 16 {
+                            xpk.resize(6 * KC / 16, Z([0.0; 16]));
+                        }
+                        let xb = xpk.as_mut_ptr() as *mut f32;
+                        let mut c0 = 0;
+                        while c0 < cols {
+                            let kc = (cols - c0).min(KC);
+                            for g in 0..ng {
+                                pack(w, r0 + g * GR, c0, kc, &mut p[g * 2 * KC..(g + 1) * 2 * KC]);
+                            }
+                            let mut t = 0;
+                            while t < n {
+                                let m = (n - t).min(6);
+                                let accp = acc.as_mut_ptr().add(2 * t);
+                                for i in 0..m {
+                                    std::ptr::copy_nonoverlapping(
+                                        x.as_ptr().add((t + i) * cols + c0),
+                                        xb.add(i * KC),
+                                        kc,
+                                    );
+                                }
+                                let xt = |i: usize| xb.add(i * KC) as *const f32;
+                                match m {
+                                    1 => tiles::<1>(&p, kc, [xt(0)], accp, ng, n),
+                                    2 => tiles::<2>(&p, kc, std::array::from_fn(xt), accp, ng, n),
+                                    3 => tiles::<3>(&p, kc, std::array::from_fn(xt), accp, ng, n),
+                                    4 => tiles::<4>(&p, kc, std::array::from_fn(xt), accp, ng, n),
+                                    5 => tiles::<5>(&p, kc, std::array::from_fn(xt), accp, ng, n),
+                                    _ => tiles::<6>(&p, kc, std::array::from_fn(xt), accp, ng, n),
+                                }
+                                t += m;
+                            }
+                            c0 += kc;
+                        }
+                        for g in 0..ng {
+                            let rg = r0 + g * GR;
+                            if rg >= rows {
+                                break;
+                            }
+                            let valid = (rows - rg).min(GR);
+                            for t in 0..n {
+                                let src = acc.as_ptr().add((g * n + t) * 2) as *const f32;
+                                std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + rg), valid);
+                            }
+                        }
+                    })
                 })
             });
         }

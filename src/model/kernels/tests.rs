@@ -209,6 +209,9 @@ fn f16_matmul() {
     // batched (prefill) dense path: row groups of 32, column chunks of 128 with a partial one
     check(Format::F16, 70, 300, &[24, 31, 64], 35, &p);
     check(Format::F16, 33, 5120, &[64], 36, &p[1..2]);
+    // blocks of 8 row groups (600 rows = 19 groups: 8 + 8 + 3 on one thread) and a partial
+    // token tile (37 = 6 x 6 + 1)
+    check(Format::F16, 600, 300, &[24, 37], 37, &p);
 }
 
 #[test]
@@ -218,6 +221,7 @@ fn f32_matmul() {
     check(Format::F32, 67, 100, &[1, 2, 3, 7, 17, 64], 42, &p);
     check(Format::F32, 5, 33, &[1, 3, 7], 43, &p);
     check(Format::F32, 70, 300, &[24, 31, 64], 44, &p);
+    check(Format::F32, 600, 300, &[24, 37], 45, &p);
 }
 
 #[test]
