@@ -464,11 +464,48 @@ pub mod batched {
             }
         }
 
-        /// Runs the `N`-token tile over every packed panel of the block.
+        /// Weight lines still to prefetch: `left` lines from row start `at`, `off` bytes in.
+        struct Prefetch {
+            left: usize,
+            at: *const u8,
+            off: usize,
+            line_bytes: usize,
+            row_bytes: usize,
+        }
+
+        impl Prefetch {
+            /// Prefetches the next `count` lines into L2 (counters, not a division per line).
+            #[inline(always)]
+            unsafe fn issue(&mut self, count: usize) {
+                for _ in 0..count.min(self.left) {
+                    _mm_prefetch::<_MM_HINT_T1>(self.at.add(self.off) as *const i8);
+                    self.off += 64;
+                    if self.off >= self.line_bytes {
+                        self.off = 0;
+                        self.at = self.at.add(self.row_bytes);
+                    }
+                }
+                self.left -= count.min(self.left);
+            }
+        }
+
+        /// Runs the `N`-token tile over every packed panel of the block, prefetching `per_panel`
+        /// lines of the next weights after each.
         #[inline(always)]
-        unsafe fn tiles<const N: usize>(p: &[Z], kc: usize, xp: [*const f32; N], acc: *mut Z, ng: usize, n: usize) {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tiles<const N: usize>(
+            p: &[Z],
+            kc: usize,
+            xp: [*const f32; N],
+            acc: *mut Z,
+            ng: usize,
+            n: usize,
+            pf: &mut Prefetch,
+            per_panel: usize,
+        ) {
             for g in 0..ng {
                 tile::<N>(&p[g * 2 * KC..], kc, xp, acc.add(g * 2 * n));
+                pf.issue(per_panel);
             }
         }
 
@@ -494,12 +531,32 @@ pub mod batched {
                             xpk.resize(6 * KC / 16, Z([0.0; 16]));
                         }
                         let xb = xpk.as_mut_ptr() as *mut f32;
+                        let elem = if w.format() == Format::F16 { 2 } else { 4 };
                         let mut c0 = 0;
                         while c0 < cols {
                             let kc = (cols - c0).min(KC);
                             for g in 0..ng {
                                 pack(w, r0 + g * GR, c0, kc, &mut p[g * 2 * KC..(g + 1) * 2 * KC]);
                             }
+                            // The weights the next pack reads (the next columns of this block,
+                            // or the first of the next block, which this thread most likely
+                            // claims next) are prefetched into L2 while the tiles run, spread
+                            // over the token tiles: packing then reads L2, not memory.
+                            let (nr0, nc0) = if c0 + kc < cols { (r0, c0 + kc) } else { (r0 + ng * GR, 0) };
+                            let nrows = rows.saturating_sub(nr0).min(ng * GR);
+                            let line_bytes = (cols - nc0).min(KC) * elem;
+                            let lines_per_row = line_bytes.div_ceil(64);
+                            let lines = nrows * lines_per_row;
+                            // Spread over the token tiles and, within a tile, over its panels:
+                            // a burst of prefetches fills the line-fill buffers and stalls.
+                            let per_panel = lines.div_ceil(n.div_ceil(6) * ng);
+                            let mut pf = Prefetch {
+                                left: lines,
+                                at: w.bytes().as_ptr().add(nr0 * w.row_bytes() + nc0 * elem),
+                                off: 0,
+                                line_bytes: lines_per_row * 64,
+                                row_bytes: w.row_bytes(),
+                            };
                             let mut t = 0;
                             while t < n {
                                 let m = (n - t).min(6);
@@ -513,12 +570,12 @@ pub mod batched {
                                 }
                                 let xt = |i: usize| xb.add(i * KC) as *const f32;
                                 match m {
-                                    1 => tiles::<1>(&p, kc, [xt(0)], accp, ng, n),
-                                    2 => tiles::<2>(&p, kc, std::array::from_fn(xt), accp, ng, n),
-                                    3 => tiles::<3>(&p, kc, std::array::from_fn(xt), accp, ng, n),
-                                    4 => tiles::<4>(&p, kc, std::array::from_fn(xt), accp, ng, n),
-                                    5 => tiles::<5>(&p, kc, std::array::from_fn(xt), accp, ng, n),
-                                    _ => tiles::<6>(&p, kc, std::array::from_fn(xt), accp, ng, n),
+                                    1 => tiles::<1>(&p, kc, [xt(0)], accp, ng, n, &mut pf, per_panel),
+                                    2 => tiles::<2>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                                    3 => tiles::<3>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                                    4 => tiles::<4>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                                    5 => tiles::<5>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                                    _ => tiles::<6>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
                                 }
                                 t += m;
                             }
