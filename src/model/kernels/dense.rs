@@ -465,6 +465,10 @@ pub mod batched {
         }
 
         /// Weight lines still to prefetch: `left` lines from row start `at`, `off` bytes in.
+        /// `at` is formed with `wrapping_add`: after the last block the "next block" starts past
+        /// the last row (nothing is then prefetched, `left` is 0), and `add` beyond the
+        /// allocation would be undefined behaviour even unused. Every line prefetched starts
+        /// inside the weight's bytes (a prefetch would not fault anyway).
         struct Prefetch {
             left: usize,
             at: *const u8,
@@ -478,11 +482,11 @@ pub mod batched {
             #[inline(always)]
             unsafe fn issue(&mut self, count: usize) {
                 for _ in 0..count.min(self.left) {
-                    _mm_prefetch::<_MM_HINT_T1>(self.at.add(self.off) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(self.at.wrapping_add(self.off) as *const i8);
                     self.off += 64;
                     if self.off >= self.line_bytes {
                         self.off = 0;
-                        self.at = self.at.add(self.row_bytes);
+                        self.at = self.at.wrapping_add(self.row_bytes);
                     }
                 }
                 self.left -= count.min(self.left);
@@ -552,7 +556,7 @@ pub mod batched {
                             let per_panel = lines.div_ceil(n.div_ceil(6) * ng);
                             let mut pf = Prefetch {
                                 left: lines,
-                                at: w.bytes().as_ptr().add(nr0 * w.row_bytes() + nc0 * elem),
+                                at: w.bytes().as_ptr().wrapping_add(nr0 * w.row_bytes() + nc0 * elem),
                                 off: 0,
                                 line_bytes: lines_per_row * 64,
                                 row_bytes: w.row_bytes(),
