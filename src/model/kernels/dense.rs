@@ -360,6 +360,8 @@ pub mod batched {
     /// them, so each token tile's activations (6 x KC, from L1) are reused by MB x 32 rows
     /// instead of 32 — the activations of long prompts no longer stream from L3 per 32 rows.
     const MB: usize = 8;
+    /// Tokens per register tile (6 x 2 accumulators, 2 weight vectors, a broadcast).
+    const NT: usize = 6;
 
     #[cfg(target_arch = "x86_64")]
     mod x86b {
@@ -372,9 +374,17 @@ pub mod batched {
         struct Z([f32; 16]);
 
         thread_local! {
-            static PACK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
-            static ACC: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
-            static XPK: RefCell<Vec<Z>> = const { RefCell::new(Vec::new()) };
+            static SCRATCH: RefCell<Scratch> = const {
+                RefCell::new(Scratch { pack: Vec::new(), acc: Vec::new(), xtile: Vec::new() })
+            };
+        }
+
+        /// A thread's working memory, reused across calls: the block's packed panels, its
+        /// accumulators for all tokens, and one token tile's activations side by side.
+        struct Scratch {
+            pack: Vec<Z>,
+            acc: Vec<Z>,
+            xtile: Vec<Z>,
         }
 
         /// 16x16 transpose of f32 (see batched::x86::transpose16 for the derivation).
@@ -517,87 +527,77 @@ pub mod batched {
         pub unsafe fn block(w: &CpuWeight, r0: usize, ng: usize, x: &[f32], n: usize, out: SendPtr<f32>) {
             let cols = w.cols();
             let rows = w.rows();
-            PACK.with(|pc| {
-                ACC.with(|ac| {
-                    XPK.with(|xc| {
-                        let mut p = pc.borrow_mut();
-                        if p.len() < 2 * KC * MB {
-                            p.resize(2 * KC * MB, Z([0.0; 16]));
+            SCRATCH.with(|scratch| {
+                let Scratch { pack: p, acc, xtile } = &mut *scratch.borrow_mut();
+                if p.len() < 2 * KC * MB {
+                    p.resize(2 * KC * MB, Z([0.0; 16]));
+                }
+                // acc[(g * n + t) * 2 + half]: group g's 32 rows for token t.
+                acc.clear();
+                acc.resize(2 * n * ng, Z([0.0; 16]));
+                // The token tile's activations, copied next to each other (NT x KC): read
+                // in place, rows 5120 or 6144 floats apart fall on the same L1 sets.
+                if xtile.len() < NT * KC / 16 {
+                    xtile.resize(NT * KC / 16, Z([0.0; 16]));
+                }
+                let xb = xtile.as_mut_ptr() as *mut f32;
+                let elem = w.format().row_bytes(1); // bytes per weight (f16 or f32)
+                let mut c0 = 0;
+                while c0 < cols {
+                    let kc = (cols - c0).min(KC);
+                    for g in 0..ng {
+                        pack(w, r0 + g * GR, c0, kc, &mut p[g * 2 * KC..(g + 1) * 2 * KC]);
+                    }
+                    // The weights the next pack reads (the next columns of this block,
+                    // or the first of the next block, which this thread most likely
+                    // claims next) are prefetched into L2 while the tiles run, spread
+                    // over the token tiles: packing then reads L2, not memory.
+                    let (nr0, nc0) = if c0 + kc < cols { (r0, c0 + kc) } else { (r0 + ng * GR, 0) };
+                    let nrows = rows.saturating_sub(nr0).min(ng * GR);
+                    let line_bytes = (cols - nc0).min(KC) * elem;
+                    let lines_per_row = line_bytes.div_ceil(64);
+                    let lines = nrows * lines_per_row;
+                    // Spread over the token tiles and, within a tile, over its panels:
+                    // a burst of prefetches fills the line-fill buffers and stalls.
+                    let per_panel = lines.div_ceil(n.div_ceil(NT) * ng);
+                    let mut pf = Prefetch {
+                        left: lines,
+                        at: w.bytes().as_ptr().wrapping_add(nr0 * w.row_bytes() + nc0 * elem),
+                        off: 0,
+                        line_bytes: lines_per_row * 64,
+                        row_bytes: w.row_bytes(),
+                    };
+                    let mut t = 0;
+                    while t < n {
+                        let m = (n - t).min(NT);
+                        let accp = acc.as_mut_ptr().add(2 * t);
+                        for i in 0..m {
+                            std::ptr::copy_nonoverlapping(x.as_ptr().add((t + i) * cols + c0), xb.add(i * KC), kc);
                         }
-                        // acc[(g * n + t) * 2 + half]: group g's 32 rows for token t.
-                        let mut acc = ac.borrow_mut();
-                        acc.clear();
-                        acc.resize(2 * n * ng, Z([0.0; 16]));
-                        // The token tile's activations, copied next to each other (6 x KC): read
-                        // in place, rows 5120 or 6144 floats apart fall on the same L1 sets.
-                        let mut xpk = xc.borrow_mut();
-                        if xpk.len() < 6 * KC / 16 {
-                            xpk.resize(6 * KC / 16, Z([0.0; 16]));
+                        let xt = |i: usize| xb.add(i * KC) as *const f32;
+                        match m {
+                            1 => tiles::<1>(p, kc, [xt(0)], accp, ng, n, &mut pf, per_panel),
+                            2 => tiles::<2>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                            3 => tiles::<3>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                            4 => tiles::<4>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                            5 => tiles::<5>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
+                            _ => tiles::<6>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
                         }
-                        let xb = xpk.as_mut_ptr() as *mut f32;
-                        let elem = if w.format() == Format::F16 { 2 } else { 4 };
-                        let mut c0 = 0;
-                        while c0 < cols {
-                            let kc = (cols - c0).min(KC);
-                            for g in 0..ng {
-                                pack(w, r0 + g * GR, c0, kc, &mut p[g * 2 * KC..(g + 1) * 2 * KC]);
-                            }
-                            // The weights the next pack reads (the next columns of this block,
-                            // or the first of the next block, which this thread most likely
-                            // claims next) are prefetched into L2 while the tiles run, spread
-                            // over the token tiles: packing then reads L2, not memory.
-                            let (nr0, nc0) = if c0 + kc < cols { (r0, c0 + kc) } else { (r0 + ng * GR, 0) };
-                            let nrows = rows.saturating_sub(nr0).min(ng * GR);
-                            let line_bytes = (cols - nc0).min(KC) * elem;
-                            let lines_per_row = line_bytes.div_ceil(64);
-                            let lines = nrows * lines_per_row;
-                            // Spread over the token tiles and, within a tile, over its panels:
-                            // a burst of prefetches fills the line-fill buffers and stalls.
-                            let per_panel = lines.div_ceil(n.div_ceil(6) * ng);
-                            let mut pf = Prefetch {
-                                left: lines,
-                                at: w.bytes().as_ptr().wrapping_add(nr0 * w.row_bytes() + nc0 * elem),
-                                off: 0,
-                                line_bytes: lines_per_row * 64,
-                                row_bytes: w.row_bytes(),
-                            };
-                            let mut t = 0;
-                            while t < n {
-                                let m = (n - t).min(6);
-                                let accp = acc.as_mut_ptr().add(2 * t);
-                                for i in 0..m {
-                                    std::ptr::copy_nonoverlapping(
-                                        x.as_ptr().add((t + i) * cols + c0),
-                                        xb.add(i * KC),
-                                        kc,
-                                    );
-                                }
-                                let xt = |i: usize| xb.add(i * KC) as *const f32;
-                                match m {
-                                    1 => tiles::<1>(&p, kc, [xt(0)], accp, ng, n, &mut pf, per_panel),
-                                    2 => tiles::<2>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                                    3 => tiles::<3>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                                    4 => tiles::<4>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                                    5 => tiles::<5>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                                    _ => tiles::<6>(&p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                                }
-                                t += m;
-                            }
-                            c0 += kc;
-                        }
-                        for g in 0..ng {
-                            let rg = r0 + g * GR;
-                            if rg >= rows {
-                                break;
-                            }
-                            let valid = (rows - rg).min(GR);
-                            for t in 0..n {
-                                let src = acc.as_ptr().add((g * n + t) * 2) as *const f32;
-                                std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + rg), valid);
-                            }
-                        }
-                    })
-                })
+                        t += m;
+                    }
+                    c0 += kc;
+                }
+                for g in 0..ng {
+                    let rg = r0 + g * GR;
+                    if rg >= rows {
+                        break;
+                    }
+                    let valid = (rows - rg).min(GR);
+                    for t in 0..n {
+                        let src = acc.as_ptr().add((g * n + t) * 2) as *const f32;
+                        std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + rg), valid);
+                    }
+                }
             });
         }
     }
