@@ -575,14 +575,8 @@ pub mod batched {
                             std::ptr::copy_nonoverlapping(x.as_ptr().add((t + i) * cols + c0), xb.add(i * KC), kc);
                         }
                         let xt = |i: usize| xb.add(i * KC) as *const f32;
-                        match m {
-                            1 => tiles::<1>(p, kc, [xt(0)], accp, ng, n, &mut pf, per_panel),
-                            2 => tiles::<2>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                            3 => tiles::<3>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                            4 => tiles::<4>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                            5 => tiles::<5>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                            _ => tiles::<6>(p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel),
-                        }
+                        // m <= NT = 6: the arms for 7 and 8 are never taken.
+                        dispatch_n!(m, tiles, p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel);
                         t += m;
                     }
                     c0 += kc;
