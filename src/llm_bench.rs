@@ -36,6 +36,10 @@ pub struct LlmBenchArgs {
     /// Prompt length to prefill from an empty cache (0 skips the prefill measurement).
     #[arg(long, default_value_t = 512)]
     pub prompt: usize,
+    /// Prefills to time, each from an empty cache; the median is reported (as `llama-bench -r`).
+    /// On a GPU one prefill of 512 takes milliseconds and a single one is mostly noise.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub reps: u32,
     /// Tokens to decode one at a time (as `llama-bench -n`), after `--depth` positions.
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
@@ -70,6 +74,8 @@ pub struct LlmBenchReport {
     pub threads: usize,
     pub load_s: f64,
     pub prefill_tokens: usize,
+    /// Prefills timed; `prefill_s` is their median.
+    pub prefill_reps: u32,
     pub prefill_s: f64,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens: usize,
@@ -206,15 +212,19 @@ fn measure(args: &LlmBenchArgs, threads: usize) -> Result<LlmBenchReport> {
     // One warm-up step (first-touch allocations, thread pools), as llama-bench warms up.
     llm.forward(&llm.embed(&token_ids(1, cfg.vocab_size, 7))?, &mut KvCache::new())?;
 
-    // Prefill: the whole prompt in one forward from an empty cache.
+    // Prefill: the whole prompt in one forward from an empty cache, `reps` times.
     let (mut prefill_s, mut first) = (0.0, 3u32);
     if args.prompt > 0 {
         let ids = token_ids(args.prompt, cfg.vocab_size, 1);
-        let mut cache = KvCache::new();
-        let t = Instant::now();
-        let logits = llm.forward(&llm.embed(&ids)?, &mut cache)?;
-        prefill_s = t.elapsed().as_secs_f64();
-        first = argmax(&logits);
+        let mut times = Vec::with_capacity(args.reps as usize);
+        for _ in 0..args.reps {
+            let mut cache = KvCache::new();
+            let t = Instant::now();
+            let logits = llm.forward(&llm.embed(&ids)?, &mut cache)?;
+            times.push(t.elapsed().as_secs_f64());
+            first = argmax(&logits);
+        }
+        prefill_s = median(&mut times);
     }
 
     // Decode: one token at a time after `depth` positions (prefilled in the engine's chunks, not
@@ -267,6 +277,7 @@ fn measure(args: &LlmBenchArgs, threads: usize) -> Result<LlmBenchReport> {
         threads,
         load_s,
         prefill_tokens: args.prompt,
+        prefill_reps: args.reps,
         prefill_s,
         prefill_tokens_per_s: if prefill_s > 0.0 { args.prompt as f64 / prefill_s } else { 0.0 },
         decode_tokens: args.tokens,
@@ -304,6 +315,7 @@ mod tests {
             quant: None,
             device: DeviceKind::Cpu,
             prompt: 8,
+            reps: 3,
             tokens: 4,
             depth: 5,
             head_reps: 2,
@@ -312,7 +324,7 @@ mod tests {
             roof_only: false,
         };
         let r = measure(&args, 1).unwrap();
-        assert_eq!((r.layers, r.decode_tokens, r.prefill_tokens, r.depth), (3, 4, 8, 5));
+        assert_eq!((r.layers, r.decode_tokens, r.prefill_tokens, r.prefill_reps, r.depth), (3, 4, 8, 3, 5));
         assert!(r.decode_s > 0.0 && r.prefill_s > 0.0 && r.head_ms.is_some());
         assert!(r.weight_bytes_per_token > r.head_bytes.unwrap());
     }
