@@ -6,7 +6,7 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::Activation;
 
 use super::config::QFormerConfig;
-use super::layers::{attention, merge_heads, split_heads, F32LayerNorm, Linear};
+use super::layers::{activate, attention, merge_heads, split_heads, F32LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -80,7 +80,7 @@ impl Layer {
         if let Some(cross) = &self.crossattention {
             h = cross.forward(&h, image)?;
         }
-        let ff = self.output.forward(&self.act.forward(&self.intermediate.forward(&h)?)?)?;
+        let ff = self.output.forward(&activate(self.act, &self.intermediate.forward(&h)?)?)?;
         self.output_norm.forward(&(ff + h)?)
     }
 }

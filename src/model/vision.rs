@@ -6,7 +6,7 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Activation, Conv2d, Conv2dConfig};
 
 use super::config::VisionConfig;
-use super::layers::{attention, merge_heads, F32LayerNorm, Linear};
+use super::layers::{activate, attention, merge_heads, F32LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -116,7 +116,7 @@ impl EncoderLayer {
 
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
         let h = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
-        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
+        let m = self.fc2.forward(&activate(self.act, &self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
         h + m
     }
 }
