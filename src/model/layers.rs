@@ -6,7 +6,7 @@ use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{CpuStorage, DType, Module, Result as CResult, Storage, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, RmsNorm};
 
-use super::kernels::{CpuMatMul, CpuWeight, Format, GeluErf};
+use super::kernels::{CpuMatMul, CpuWeight, Format, GeluErf, SiluMul};
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -104,6 +104,23 @@ pub fn activate(act: Activation, xs: &Tensor) -> CResult<Tensor> {
             xs.contiguous()?.apply_op1_no_bwd(&GeluErf)
         }
         _ => act.forward(xs),
+    }
+}
+
+/// `act(gate) · up`, LLaMA's gated MLP product. SiLU on f32 CPU tensors runs fused on our kernel
+/// ([`SiluMul`]: candle's `silu` is one thread calling `expf` per element, then a second pass
+/// multiplies); everything else is candle's.
+pub fn gated(act: Activation, gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
+    match act {
+        Activation::Silu
+            if gate.device().is_cpu()
+                && gate.dtype() == DType::F32
+                && up.dtype() == DType::F32
+                && own_cpu_kernels() =>
+        {
+            gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &SiluMul)
+        }
+        _ => act.forward(gate)? * up,
     }
 }
 

@@ -8,7 +8,7 @@ use candle_nn::{Activation, Embedding};
 
 use super::config::LlamaConfig;
 use super::kernels::{attention_decode, CpuMatMul, CpuWeight, KvView};
-use super::layers::{attention, embedding, merge_heads, quantize_f32, F32RmsNorm, Linear, Quant};
+use super::layers::{attention, embedding, gated, merge_heads, quantize_f32, F32RmsNorm, Linear, Quant};
 use super::weights::Weights;
 use crate::device::KvPrecision;
 use crate::error::{Error, Result};
@@ -243,8 +243,8 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+        let (gate, up) = (self.gate_proj.forward(xs)?, self.up_proj.forward(xs)?);
+        self.down_proj.forward(&gated(self.act, &gate, &up)?)
     }
 }
 

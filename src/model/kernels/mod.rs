@@ -10,7 +10,8 @@
 //! * [`matmul`] computes `out[t][r] = sum_c W[r][c] * x[t][c]` for `n` tokens (`x` is n x cols,
 //!   `out` is n x rows, both row-major f32, i.e. candle's `x.matmul(&w.t())`).
 //!   [`CpuMatMul`] wraps it as a candle `CustomOp1` (`xs.apply_op1_no_bwd(&op)`).
-//! * [`GeluErf`]: exact (erf) GELU on f32 tensors, vectorised and on the pool.
+//! * [`GeluErf`], [`SiluMul`]: exact (erf) GELU and LLaMA's `silu(gate) · up` on f32 tensors,
+//!   vectorised and on the pool.
 //! * [`attention_decode`] is one query token against a preallocated `[kv_heads][capacity]
 //!   [head_dim]` f16/f32 KV cache, read in place.
 //!
@@ -96,7 +97,7 @@ use std::ops::Range;
 
 use candle_core::{bail, Result};
 
-pub use activation::GeluErf;
+pub use activation::{GeluErf, SiluMul};
 pub use attention::{attention_decode, attention_decode_isa, KvDType, KvData, KvView};
 pub use candle_op::CpuMatMul;
 pub use formats::{CpuWeight, Format, QuantizedWeight};
