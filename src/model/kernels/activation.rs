@@ -108,29 +108,29 @@ mod x86 {
     }
 }
 
-/// `out[i] = gelu(x[i])` with the instructions `isa` allows (NEON and scalar use the portable
-/// loop, which the compiler vectorises for the build's baseline).
+/// `out[i] = gelu(x[i])` with the instructions `isa` allows (NEON, scalar and an ISA this CPU
+/// lacks use the portable loop, which the compiler vectorises for the build's baseline).
 pub fn gelu_isa(isa: Isa, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "gelu: input and output lengths differ");
     match isa {
-        // SAFETY: `isa` comes from Isa::detect / is_available, which checked the CPU has it.
+        // SAFETY: the guard checked that this CPU has the instructions.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::gelu_avx512(x, out) },
+        Isa::Avx512 if isa.is_available() => unsafe { x86::gelu_avx512(x, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::gelu_avx2(x, out) },
+        Isa::Avx2 if isa.is_available() => unsafe { x86::gelu_avx2(x, out) },
         _ => gelu_slice(x, out),
     }
 }
 
-/// `out[i] = silu(g[i]) · u[i]` with the instructions `isa` allows.
+/// `out[i] = silu(g[i]) · u[i]` with the instructions `isa` allows (as [`gelu_isa`]).
 pub fn silu_mul_isa(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
     assert!(g.len() == out.len() && u.len() == out.len(), "silu·mul: lengths differ");
     match isa {
-        // SAFETY: as in gelu_isa.
+        // SAFETY: the guard checked that this CPU has the instructions.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::silu_mul_avx512(g, u, out) },
+        Isa::Avx512 if isa.is_available() => unsafe { x86::silu_mul_avx512(g, u, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::silu_mul_avx2(g, u, out) },
+        Isa::Avx2 if isa.is_available() => unsafe { x86::silu_mul_avx2(g, u, out) },
         _ => silu_mul_slice(g, u, out),
     }
 }
