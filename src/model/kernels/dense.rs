@@ -307,9 +307,11 @@ mod neon {
 
 /// Batched (prefill) dense path, AVX-512: blocks of up to 8 x 32 weight rows x 256 columns are
 /// widened to f32 and transposed into per-thread panels `[k][32 rows]` (kept in L2), then every
-/// token tile of 6 (copied side by side, in L1) passes over all panels of the block and
-/// accumulates `acc[rows] += W[k][rows] * x[t][k]` (rows in the 16 lanes, x broadcast): 12 FMAs
-/// per 8 loads, the shape of a GEMM micro-kernel. Used from [`BATCH_MIN`] tokens on.
+/// token tile of 12 passes over all panels of the block and accumulates
+/// `acc[rows] += W[k][rows] * x[t][k]` (rows in the 16 lanes, x broadcast): 24 FMAs per 14
+/// loads, the shape of a GEMM micro-kernel. The activations are packed once per product, each
+/// token tile's 256-column chunk side by side, so that every block reads them in place. Used
+/// from [`BATCH_MIN`] tokens on.
 pub mod batched {
     use super::super::pool;
     use super::*;
@@ -328,6 +330,8 @@ pub mod batched {
 
     pub(crate) fn matmul(w: &CpuWeight, x: &[f32], n: usize, pool: &pool::Pool, out: SendPtr<f32>) {
         assert_eq!(x.len(), n * w.cols());
+        let packed = pack_tokens(x, n, w.cols(), pool);
+        let xp = SendPtr(packed.as_ptr() as *mut f32);
         let groups = w.rows().div_ceil(GR);
         let threads = pool.n_threads();
         let per = groups.div_ceil(threads);
@@ -338,18 +342,55 @@ pub mod batched {
             slabs.for_each(tid, |gr| {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `applies` requires Isa::Avx512 (checked available by the driver);
-                // x has n x cols values (asserted); out covers n x rows (driver); gr holds at
-                // most MB groups (the chunk size).
+                // `xp` holds the n tokens packed by `pack_tokens` for w.cols() columns; out
+                // covers n x rows (driver); gr holds at most MB groups (the chunk size).
                 unsafe {
-                    x86b::block(w, gr.start * GR, gr.len(), x, n, out)
+                    x86b::block(w, gr.start * GR, gr.len(), xp, n, out)
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (gr, x, n, out);
+                    let _ = (gr, xp, n, out);
                     unreachable!("dense batched path is x86-64 only");
                 }
             })
         });
+    }
+
+    /// Offset of token tile `ti`'s chunk `ci` in the packed activations of a product with
+    /// `chunks` column chunks: each (tile, chunk) holds NT rows of KC floats.
+    #[inline(always)]
+    fn packed_at(ti: usize, ci: usize, chunks: usize) -> usize {
+        (ti * chunks + ci) * NT * KC
+    }
+
+    /// `x` (n x cols) rearranged so that a token tile's chunk is NT x KC contiguous floats:
+    /// read in place, rows 5120 or 6144 floats apart fall on the same L1 sets, and copying
+    /// them per block cost a tenth of the ViT-g image step. Padding (the last tile's missing
+    /// tokens, the last chunk's missing columns) is zero and never read into a result. Split
+    /// over the pool by token tiles.
+    fn pack_tokens(x: &[f32], n: usize, cols: usize, pool: &pool::Pool) -> Vec<f32> {
+        let chunks = cols.div_ceil(KC);
+        let tiles = n.div_ceil(NT);
+        let mut packed = vec![0f32; tiles * chunks * NT * KC];
+        let dst = SendPtr(packed.as_mut_ptr());
+        let slabs = pool::Slabs::new(tiles, pool.n_threads(), 1, 1);
+        pool.run(|tid| {
+            slabs.for_each(tid, |tr| {
+                for ti in tr {
+                    for i in 0..NT.min(n - ti * NT) {
+                        let row = &x[(ti * NT + i) * cols..(ti * NT + i + 1) * cols];
+                        for (ci, part) in row.chunks(KC).enumerate() {
+                            let at = packed_at(ti, ci, chunks) + i * KC;
+                            // SAFETY: each (tile, chunk, token) range lies inside `packed`
+                            // (tiles x chunks x NT x KC floats, part.len() <= KC) and belongs
+                            // to this tile alone, which one thread claims.
+                            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst.ptr().add(at), part.len()) };
+                        }
+                    }
+                }
+            })
+        });
+        packed
     }
 
     /// Rows per register tile (two 16-lane vectors).
@@ -360,8 +401,31 @@ pub mod batched {
     /// them, so each token tile's activations (6 x KC, from L1) are reused by MB x 32 rows
     /// instead of 32 — the activations of long prompts no longer stream from L3 per 32 rows.
     const MB: usize = 8;
-    /// Tokens per register tile (6 x 2 accumulators, 2 weight vectors, a broadcast).
-    const NT: usize = 6;
+    /// Tokens per register tile (12 x 2 accumulators, 2 weight vectors, a broadcast: 27 of the
+    /// 32 zmm registers).
+    const NT: usize = 12;
+
+    /// `$f::<m>(..)` for a token tile of `m` <= NT tokens (NT only but at the end).
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! dispatch_tile {
+        ($n:expr, $f:ident, $($args:expr),*) => {
+            match $n {
+                12 => $f::<12>($($args),*),
+                11 => $f::<11>($($args),*),
+                10 => $f::<10>($($args),*),
+                9 => $f::<9>($($args),*),
+                8 => $f::<8>($($args),*),
+                7 => $f::<7>($($args),*),
+                6 => $f::<6>($($args),*),
+                5 => $f::<5>($($args),*),
+                4 => $f::<4>($($args),*),
+                3 => $f::<3>($($args),*),
+                2 => $f::<2>($($args),*),
+                1 => $f::<1>($($args),*),
+                _ => unreachable!("token tiles hold 1 to NT = 12 tokens"),
+            }
+        };
+    }
 
     #[cfg(target_arch = "x86_64")]
     mod x86b {
@@ -375,16 +439,15 @@ pub mod batched {
 
         thread_local! {
             static SCRATCH: RefCell<Scratch> = const {
-                RefCell::new(Scratch { pack: Vec::new(), acc: Vec::new(), xtile: Vec::new() })
+                RefCell::new(Scratch { pack: Vec::new(), acc: Vec::new() })
             };
         }
 
-        /// A thread's working memory, reused across calls: the block's packed panels, its
-        /// accumulators for all tokens, and one token tile's activations side by side.
+        /// A thread's working memory, reused across calls: the block's packed panels and its
+        /// accumulators for all tokens.
         struct Scratch {
             pack: Vec<Z>,
             acc: Vec<Z>,
-            xtile: Vec<Z>,
         }
 
         /// 16x16 transpose of f32 (see batched::x86::transpose16 for the derivation).
@@ -523,24 +586,20 @@ pub mod batched {
             }
         }
 
-        /// `out` for rows `r0 .. r0 + 32 * ng` (`ng` <= MB) and all `n` tokens.
-        pub unsafe fn block(w: &CpuWeight, r0: usize, ng: usize, x: &[f32], n: usize, out: SendPtr<f32>) {
+        /// `out` for rows `r0 .. r0 + 32 * ng` (`ng` <= MB) and all `n` tokens, whose
+        /// activations `xp` are packed by `pack_tokens`.
+        pub unsafe fn block(w: &CpuWeight, r0: usize, ng: usize, xp: SendPtr<f32>, n: usize, out: SendPtr<f32>) {
             let cols = w.cols();
             let rows = w.rows();
             SCRATCH.with(|scratch| {
-                let Scratch { pack: p, acc, xtile } = &mut *scratch.borrow_mut();
+                let Scratch { pack: p, acc } = &mut *scratch.borrow_mut();
                 if p.len() < 2 * KC * MB {
                     p.resize(2 * KC * MB, Z([0.0; 16]));
                 }
                 // acc[(g * n + t) * 2 + half]: group g's 32 rows for token t.
                 acc.clear();
                 acc.resize(2 * n * ng, Z([0.0; 16]));
-                // The token tile's activations, copied next to each other (NT x KC): read
-                // in place, rows 5120 or 6144 floats apart fall on the same L1 sets.
-                if xtile.len() < NT * KC / 16 {
-                    xtile.resize(NT * KC / 16, Z([0.0; 16]));
-                }
-                let xb = xtile.as_mut_ptr() as *mut f32;
+                let chunks = cols.div_ceil(KC);
                 let elem = w.format().row_bytes(1); // bytes per weight (f16 or f32)
                 let mut c0 = 0;
                 while c0 < cols {
@@ -571,12 +630,9 @@ pub mod batched {
                     while t < n {
                         let m = (n - t).min(NT);
                         let accp = acc.as_mut_ptr().add(2 * t);
-                        for i in 0..m {
-                            std::ptr::copy_nonoverlapping(x.as_ptr().add((t + i) * cols + c0), xb.add(i * KC), kc);
-                        }
-                        let xt = |i: usize| xb.add(i * KC) as *const f32;
-                        // m <= NT = 6: the arms for 7 and 8 are never taken.
-                        dispatch_n!(m, tiles, p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel);
+                        let xb = xp.0.add(packed_at(t / NT, c0 / KC, chunks)) as *const f32;
+                        let xt = |i: usize| xb.add(i * KC);
+                        dispatch_tile!(m, tiles, p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel);
                         t += m;
                     }
                     c0 += kc;

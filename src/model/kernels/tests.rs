@@ -210,7 +210,7 @@ fn f16_matmul() {
     check(Format::F16, 70, 300, &[24, 31, 64], 35, &p);
     check(Format::F16, 33, 5120, &[64], 36, &p[1..2]);
     // blocks of 8 row groups (600 rows = 19 groups: 8 + 8 + 3 on one thread) and a partial
-    // token tile (37 = 6 x 6 + 1)
+    // token tile (37 = 3 x 12 + 1)
     check(Format::F16, 600, 300, &[24, 37], 37, &p);
 }
 
