@@ -6,7 +6,7 @@ use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{CpuStorage, DType, Module, Result as CResult, Storage, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, RmsNorm};
 
-use super::kernels::{CpuMatMul, CpuWeight, Format, GeluErf, SiluMul};
+use super::kernels::{full_attention, CpuMatMul, CpuWeight, Format, FullAttention, GeluErf, Isa, SiluMul};
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -240,6 +240,26 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&T
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     drop(scores);
     probs.to_dtype(dtype)?.matmul(&v.contiguous()?)
+}
+
+/// Unmasked multi-head attention of the encoders (the ViT, the Q-Former) on (batch, tokens,
+/// heads · head_dim) tensors, heads merged in the result. q, k and v may be views whose rows are
+/// evenly spaced, such as the thirds of a fused qkv projection (`narrow` on the last
+/// dimension). f32 on an AVX-512 CPU runs on our kernel ([`FullAttention`], reading the
+/// projections in place); everything else splits the heads and runs [`attention`].
+pub fn encoder_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> CResult<Tensor> {
+    let (_, _, width) = q.dims3()?;
+    let own = q.device().is_cpu()
+        && [q, k, v].iter().all(|t| t.dtype() == DType::F32)
+        && own_cpu_kernels()
+        && heads > 0
+        && width.is_multiple_of(heads)
+        && full_attention::applies(Isa::detect(), width / heads);
+    if own {
+        return q.apply_op3_no_bwd(k, v, &FullAttention { heads, scale: scale as f32 });
+    }
+    let out = attention(&split_heads(q, heads)?, &split_heads(k, heads)?, &split_heads(v, heads)?, scale, None)?;
+    merge_heads(&out)
 }
 
 /// Splits (batch, seq, heads*head_dim) into (batch, heads, seq, head_dim).

@@ -6,7 +6,7 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::Activation;
 
 use super::config::QFormerConfig;
-use super::layers::{activate, attention, merge_heads, split_heads, F32LayerNorm, Linear};
+use super::layers::{activate, encoder_attention, F32LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -40,10 +40,10 @@ impl AttentionBlock {
     }
 
     fn forward(&self, hidden: &Tensor, kv_source: &Tensor) -> CResult<Tensor> {
-        let q = split_heads(&self.query.forward(hidden)?, self.heads)?;
-        let k = split_heads(&self.key.forward(kv_source)?, self.heads)?;
-        let v = split_heads(&self.value.forward(kv_source)?, self.heads)?;
-        let ctx = merge_heads(&attention(&q, &k, &v, self.scale, None)?)?;
+        let q = self.query.forward(hidden)?;
+        let k = self.key.forward(kv_source)?;
+        let v = self.value.forward(kv_source)?;
+        let ctx = encoder_attention(&q, &k, &v, self.heads, self.scale)?;
         self.norm.forward(&(self.dense.forward(&ctx)? + hidden)?)
     }
 }

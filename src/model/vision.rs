@@ -6,7 +6,7 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Activation, Conv2d, Conv2dConfig};
 
 use super::config::VisionConfig;
-use super::layers::{activate, attention, merge_heads, F32LayerNorm, Linear};
+use super::layers::{activate, encoder_attention, F32LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -82,13 +82,11 @@ impl Attention {
     }
 
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        let (b, t, d) = xs.dims3()?;
-        let qkv = self.qkv.forward(xs)?.reshape((b, t, 3, self.heads, d / self.heads))?.permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let out = attention(&q, &k, &v, self.scale, None)?;
-        self.projection.forward(&merge_heads(&out)?)
+        let d = xs.dim(2)?;
+        // (b, t, 3d): q, k, v are its thirds, read in place.
+        let qkv = self.qkv.forward(xs)?;
+        let (q, k, v) = (qkv.narrow(2, 0, d)?, qkv.narrow(2, d, d)?, qkv.narrow(2, 2 * d, d)?);
+        self.projection.forward(&encoder_attention(&q, &k, &v, self.heads, self.scale)?)
     }
 }
 

@@ -84,6 +84,7 @@ pub mod batched;
 pub mod candle_op;
 pub mod dense;
 pub mod formats;
+pub mod full_attention;
 pub mod pool;
 pub mod q4k;
 pub mod q6k;
@@ -101,6 +102,7 @@ pub use activation::{GeluErf, SiluMul};
 pub use attention::{attention_decode, attention_decode_isa, KvDType, KvData, KvView};
 pub use candle_op::CpuMatMul;
 pub use formats::{CpuWeight, Format, QuantizedWeight};
+pub use full_attention::FullAttention;
 
 /// Instruction set a kernel runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
