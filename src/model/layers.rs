@@ -19,8 +19,15 @@ pub use crate::quant::Quant;
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense(candle_nn::Linear),
-    Quantized { weight: QMatMul, bias: Option<Tensor>, bytes: u64 },
-    Cpu { op: CpuMatMul, bias: Option<Tensor> },
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+        bytes: u64,
+    },
+    /// The bias, if any, lives in the op (added as the product is written).
+    Cpu {
+        op: CpuMatMul,
+    },
 }
 
 impl Linear {
@@ -40,7 +47,7 @@ impl Linear {
         if weight.device().is_cpu() && matches!(weight.dtype(), DType::F16 | DType::F32) && own_cpu_kernels() {
             let cw = dense_cpu(&weight)?;
             drop(weight);
-            return Ok(Self::cpu(cw, bias));
+            return Self::cpu(cw, bias);
         }
         Ok(Self::from_parts(weight, bias))
     }
@@ -53,7 +60,7 @@ impl Linear {
             if w.device.is_cpu() && own_cpu_kernels() && Format::from_ggml(qt.dtype()).is_some_and(Format::is_quantized)
             {
                 // The kernels keep their own (aligned) copy of the bytes; the QTensor goes.
-                return Ok(Self::cpu(CpuWeight::from_qtensor(&qt)?, None));
+                return Self::cpu(CpuWeight::from_qtensor(&qt)?, None);
             }
             let bytes = qt.storage_size_in_bytes() as u64;
             return Ok(Self::Quantized { weight: QMatMul::from_qtensor(qt)?, bias: None, bytes });
@@ -70,7 +77,7 @@ impl Linear {
     /// candle `QTensor` elsewhere.
     pub fn from_cpu_weight(cw: CpuWeight, device: &candle_core::Device) -> Result<Self> {
         if device.is_cpu() && own_cpu_kernels() {
-            return Ok(Self::cpu(cw, None));
+            return Self::cpu(cw, None);
         }
         let storage = QStorage::from_data(Cow::Borrowed(cw.bytes()), device, cw.format().ggml())?;
         let qt = QTensor::new(storage, (cw.rows(), cw.cols()))?;
@@ -78,8 +85,12 @@ impl Linear {
         Ok(Self::Quantized { weight: QMatMul::from_qtensor(qt)?, bias: None, bytes })
     }
 
-    fn cpu(w: CpuWeight, bias: Option<Tensor>) -> Self {
-        Self::Cpu { op: CpuMatMul::new(w), bias }
+    fn cpu(w: CpuWeight, bias: Option<Tensor>) -> Result<Self> {
+        let op = match bias {
+            Some(b) => CpuMatMul::with_bias(w, b.to_dtype(DType::F32)?.to_vec1::<f32>()?)?,
+            None => CpuMatMul::new(w),
+        };
+        Ok(Self::Cpu { op })
     }
 
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
@@ -91,7 +102,7 @@ impl Linear {
         match self {
             Self::Dense(l) => (l.weight().elem_count() * l.weight().dtype().size_in_bytes()) as u64,
             Self::Quantized { bytes, .. } => *bytes,
-            Self::Cpu { op, .. } => op.weight().size_in_bytes() as u64,
+            Self::Cpu { op } => op.weight().size_in_bytes() as u64,
         }
     }
 }
@@ -175,13 +186,7 @@ impl Module for Linear {
                 }
             }
             // f32, f16 and bf16 activations in, the same dtype out; f32 inside.
-            Self::Cpu { op, bias } => {
-                let ys = xs.contiguous()?.apply_op1_no_bwd(op)?;
-                match bias {
-                    Some(b) => ys.broadcast_add(b),
-                    None => Ok(ys),
-                }
-            }
+            Self::Cpu { op } => xs.contiguous()?.apply_op1_no_bwd(op),
         }
     }
 }

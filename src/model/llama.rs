@@ -331,7 +331,7 @@ impl TokenEmbedding {
     fn as_head(&self) -> Linear {
         match self {
             Self::Dense(e) => Linear::from_parts(e.embeddings().clone(), None),
-            Self::Quantized(cw) => Linear::Cpu { op: CpuMatMul(cw.clone()), bias: None },
+            Self::Quantized(cw) => Linear::Cpu { op: CpuMatMul::from_shared(cw.clone()) },
         }
     }
 

@@ -9,14 +9,29 @@ use half::{bf16, f16};
 
 use super::formats::CpuWeight;
 
-/// `y = x Wᵀ` on CPU tensors with this crate's kernels.
+/// `y = x Wᵀ (+ b)` on CPU tensors with this crate's kernels.
 #[derive(Clone, Debug)]
-pub struct CpuMatMul(pub Arc<CpuWeight>);
+pub struct CpuMatMul(pub Arc<CpuWeight>, Option<Arc<[f32]>>);
 
 impl CpuMatMul {
     pub fn new(w: CpuWeight) -> Self {
-        Self(Arc::new(w))
+        Self(Arc::new(w), None)
     }
+
+    /// `y = x Wᵀ + b`, the bias (one value per weight row) added as the results are written
+    /// instead of in a pass of its own.
+    pub fn with_bias(w: CpuWeight, bias: Vec<f32>) -> Result<Self> {
+        if bias.len() != w.rows() {
+            bail!("cpu matmul: bias has {} values but the weight {} rows", bias.len(), w.rows())
+        }
+        Ok(Self(Arc::new(w), Some(bias.into())))
+    }
+
+    /// An op on a weight shared with another owner (no bias).
+    pub fn from_shared(w: Arc<CpuWeight>) -> Self {
+        Self(w, None)
+    }
+
     pub fn weight(&self) -> &CpuWeight {
         &self.0
     }
@@ -29,12 +44,16 @@ impl CustomOp1 for CpuMatMul {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let w = &*self.0;
+        let bias = self.1.as_deref();
         let dims = layout.shape().dims();
         let Some(&k) = dims.last() else { bail!("cpu matmul: scalar input") };
         if k != w.cols() {
             bail!("cpu matmul: input last dim {k} but weight has {} cols", w.cols())
         }
         let n = layout.shape().elem_count() / k.max(1);
+        let matmul = |x: &[f32], out: &mut [f32]| {
+            super::matmul_bias_with(super::Isa::detect(), super::pool::global(), w, x, n, bias, out)
+        };
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = w.rows();
         if !layout.is_contiguous() {
@@ -44,17 +63,17 @@ impl CustomOp1 for CpuMatMul {
         let mut out = vec![0f32; n * w.rows()];
         match storage {
             CpuStorage::F32(v) => {
-                super::matmul(w, &v[start..start + n * k], n, &mut out)?;
+                matmul(&v[start..start + n * k], &mut out)?;
                 Ok((CpuStorage::F32(out), Shape::from(out_dims)))
             }
             CpuStorage::F16(v) => {
                 let x: Vec<f32> = v[start..start + n * k].iter().map(|h| h.to_f32()).collect();
-                super::matmul(w, &x, n, &mut out)?;
+                matmul(&x, &mut out)?;
                 Ok((CpuStorage::F16(out.iter().map(|&f| f16::from_f32(f)).collect()), Shape::from(out_dims)))
             }
             CpuStorage::BF16(v) => {
                 let x: Vec<f32> = v[start..start + n * k].iter().map(|h| h.to_f32()).collect();
-                super::matmul(w, &x, n, &mut out)?;
+                matmul(&x, &mut out)?;
                 Ok((CpuStorage::BF16(out.iter().map(|&f| bf16::from_f32(f)).collect()), Shape::from(out_dims)))
             }
             _ => bail!("cpu matmul: input must be f32, f16 or bf16"),

@@ -328,10 +328,50 @@ pub mod batched {
         isa == Isa::Avx512 && matches!(w.format(), Format::F16 | Format::F32) && n >= threshold()
     }
 
-    pub(crate) fn matmul(w: &CpuWeight, x: &[f32], n: usize, pool: &pool::Pool, out: SendPtr<f32>) {
+    /// `out = x Wᵀ (+ bias)`; the bias (one value per row) is added as the results are written.
+    pub(crate) fn matmul(
+        w: &CpuWeight,
+        x: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+        pool: &pool::Pool,
+        out: SendPtr<f32>,
+    ) {
         assert_eq!(x.len(), n * w.cols());
-        let packed = pack_tokens(x, n, w.cols(), pool);
-        let xp = SendPtr(packed.as_ptr() as *mut f32);
+        assert!(bias.is_none_or(|b| b.len() == w.rows()), "bias length differs from the rows");
+        PACKED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                matmul_packed(w, x, n, bias, pool, out, &mut buf);
+                // Kept for the next product unless it is big (a 13B prefill chunk's MLP input).
+                if buf.len() > KEEP_PACKED {
+                    *buf = Vec::new();
+                }
+            }
+            // A product inside a product on this thread (not done today) packs into its own.
+            Err(_) => matmul_packed(w, x, n, bias, pool, out, &mut Vec::new()),
+        })
+    }
+
+    /// Floats of packed activations a thread keeps between products (8 MB: ViT-g's largest).
+    const KEEP_PACKED: usize = 2 << 20;
+
+    thread_local! {
+        /// The calling thread's packed activations, reused: allocating and faulting in a fresh
+        /// buffer per product showed up as page clearing in the image step's profile.
+        static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn matmul_packed(
+        w: &CpuWeight,
+        x: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+        pool: &pool::Pool,
+        out: SendPtr<f32>,
+        packed: &mut Vec<f32>,
+    ) {
+        pack_tokens(x, n, w.cols(), pool, packed);
+        let xp = SendPtr(packed.as_mut_ptr());
         let groups = w.rows().div_ceil(GR);
         let threads = pool.n_threads();
         let per = groups.div_ceil(threads);
@@ -345,11 +385,11 @@ pub mod batched {
                 // `xp` holds the n tokens packed by `pack_tokens` for w.cols() columns; out
                 // covers n x rows (driver); gr holds at most MB groups (the chunk size).
                 unsafe {
-                    x86b::block(w, gr.start * GR, gr.len(), xp, n, out)
+                    x86b::block(w, gr.start * GR, gr.len(), xp, n, bias, out)
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (gr, xp, n, out);
+                    let _ = (gr, &xp, n, bias, &out);
                     unreachable!("dense batched path is x86-64 only");
                 }
             })
@@ -363,15 +403,18 @@ pub mod batched {
         (ti * chunks + ci) * NT * KC
     }
 
-    /// `x` (n x cols) rearranged so that a token tile's chunk is NT x KC contiguous floats:
-    /// read in place, rows 5120 or 6144 floats apart fall on the same L1 sets, and copying
-    /// them per block cost a tenth of the ViT-g image step. Padding (the last tile's missing
-    /// tokens, the last chunk's missing columns) is zero and never read into a result. Split
-    /// over the pool by token tiles.
-    fn pack_tokens(x: &[f32], n: usize, cols: usize, pool: &pool::Pool) -> Vec<f32> {
+    /// `x` (n x cols) rearranged into `packed` so that a token tile's chunk is NT x KC
+    /// contiguous floats: read in place, rows 5120 or 6144 floats apart fall on the same L1
+    /// sets, and copying them per block cost a tenth of the ViT-g image step. Padding (the last
+    /// tile's missing tokens, the last chunk's missing columns) is never read: a tile of m
+    /// tokens reads m rows, a chunk of kc columns kc values. Split over the pool by token tiles.
+    fn pack_tokens(x: &[f32], n: usize, cols: usize, pool: &pool::Pool, packed: &mut Vec<f32>) {
         let chunks = cols.div_ceil(KC);
         let tiles = n.div_ceil(NT);
-        let mut packed = vec![0f32; tiles * chunks * NT * KC];
+        let len = tiles * chunks * NT * KC;
+        if packed.len() < len {
+            packed.resize(len, 0.0);
+        }
         let dst = SendPtr(packed.as_mut_ptr());
         let slabs = pool::Slabs::new(tiles, pool.n_threads(), 1, 1);
         pool.run(|tid| {
@@ -390,7 +433,6 @@ pub mod batched {
                 }
             })
         });
-        packed
     }
 
     /// Rows per register tile (two 16-lane vectors).
@@ -519,9 +561,11 @@ pub mod batched {
         }
 
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        unsafe fn tile<const N: usize>(p: &[Z], kc: usize, xp: [*const f32; N], acc: *mut Z) {
-            let mut a0: [__m512; N] = std::array::from_fn(|t| _mm512_load_ps((*acc.add(2 * t)).0.as_ptr()));
-            let mut a1: [__m512; N] = std::array::from_fn(|t| _mm512_load_ps((*acc.add(2 * t + 1)).0.as_ptr()));
+        unsafe fn tile<const N: usize>(p: &[Z], kc: usize, xp: [*const f32; N], acc: *mut Z, first: bool) {
+            // The first column chunk starts from zero: the accumulators need no clearing.
+            let load = |i: usize| if first { _mm512_setzero_ps() } else { _mm512_load_ps((*acc.add(i)).0.as_ptr()) };
+            let mut a0: [__m512; N] = std::array::from_fn(|t| load(2 * t));
+            let mut a1: [__m512; N] = std::array::from_fn(|t| load(2 * t + 1));
             for k in 0..kc {
                 let w0 = _mm512_load_ps(p.get_unchecked(2 * k).0.as_ptr());
                 let w1 = _mm512_load_ps(p.get_unchecked(2 * k + 1).0.as_ptr());
@@ -579,16 +623,25 @@ pub mod batched {
             n: usize,
             pf: &mut Prefetch,
             per_panel: usize,
+            first: bool,
         ) {
             for g in 0..ng {
-                tile::<N>(&p[g * 2 * KC..], kc, xp, acc.add(g * 2 * n));
+                tile::<N>(&p[g * 2 * KC..], kc, xp, acc.add(g * 2 * n), first);
                 pf.issue(per_panel);
             }
         }
 
         /// `out` for rows `r0 .. r0 + 32 * ng` (`ng` <= MB) and all `n` tokens, whose
         /// activations `xp` are packed by `pack_tokens`.
-        pub unsafe fn block(w: &CpuWeight, r0: usize, ng: usize, xp: SendPtr<f32>, n: usize, out: SendPtr<f32>) {
+        pub unsafe fn block(
+            w: &CpuWeight,
+            r0: usize,
+            ng: usize,
+            xp: SendPtr<f32>,
+            n: usize,
+            bias: Option<&[f32]>,
+            out: SendPtr<f32>,
+        ) {
             let cols = w.cols();
             let rows = w.rows();
             SCRATCH.with(|scratch| {
@@ -596,9 +649,11 @@ pub mod batched {
                 if p.len() < 2 * KC * MB {
                     p.resize(2 * KC * MB, Z([0.0; 16]));
                 }
-                // acc[(g * n + t) * 2 + half]: group g's 32 rows for token t.
-                acc.clear();
-                acc.resize(2 * n * ng, Z([0.0; 16]));
+                // acc[(g * n + t) * 2 + half]: group g's 32 rows for token t (set by the first
+                // column chunk, so not cleared here).
+                if acc.len() < 2 * n * ng {
+                    acc.resize(2 * n * ng, Z([0.0; 16]));
+                }
                 let chunks = cols.div_ceil(KC);
                 let elem = w.format().row_bytes(1); // bytes per weight (f16 or f32)
                 let mut c0 = 0;
@@ -632,7 +687,20 @@ pub mod batched {
                         let accp = acc.as_mut_ptr().add(2 * t);
                         let xb = xp.0.add(packed_at(t / NT, c0 / KC, chunks)) as *const f32;
                         let xt = |i: usize| xb.add(i * KC);
-                        dispatch_tile!(m, tiles, p, kc, std::array::from_fn(xt), accp, ng, n, &mut pf, per_panel);
+                        let first = c0 == 0;
+                        dispatch_tile!(
+                            m,
+                            tiles,
+                            p,
+                            kc,
+                            std::array::from_fn(xt),
+                            accp,
+                            ng,
+                            n,
+                            &mut pf,
+                            per_panel,
+                            first
+                        );
                         t += m;
                     }
                     c0 += kc;
@@ -643,9 +711,24 @@ pub mod batched {
                         break;
                     }
                     let valid = (rows - rg).min(GR);
-                    for t in 0..n {
-                        let src = acc.as_ptr().add((g * n + t) * 2) as *const f32;
-                        std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + rg), valid);
+                    match bias {
+                        Some(b) => {
+                            let b = &b[rg..rg + valid];
+                            for t in 0..n {
+                                let src =
+                                    std::slice::from_raw_parts(acc.as_ptr().add((g * n + t) * 2) as *const f32, valid);
+                                let dst = std::slice::from_raw_parts_mut(out.0.add(t * rows + rg), valid);
+                                for ((d, &a), &bb) in dst.iter_mut().zip(src).zip(b) {
+                                    *d = a + bb;
+                                }
+                            }
+                        }
+                        None => {
+                            for t in 0..n {
+                                let src = acc.as_ptr().add((g * n + t) * 2) as *const f32;
+                                std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + rg), valid);
+                            }
+                        }
                     }
                 }
             });

@@ -261,6 +261,50 @@ fn run_tiles(
 
 /// [`matmul`] on a given pool (benchmarks compare pools with it).
 pub fn matmul_with(isa: Isa, pool: &pool::Pool, w: &CpuWeight, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    matmul_bias_with(isa, pool, w, x, n, None, out)
+}
+
+/// [`matmul_with`] plus `bias[r]` on every token's row `r` (a linear layer's bias): added as the
+/// batched dense path writes its results, in a pass over `out` on the other paths.
+pub fn matmul_bias_with(
+    isa: Isa,
+    pool: &pool::Pool,
+    w: &CpuWeight,
+    x: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<()> {
+    if let Some(b) = bias {
+        if b.len() != w.rows() {
+            bail!("matmul: bias has {} values, expected {}", b.len(), w.rows())
+        }
+    }
+    if matches!(w.format(), Format::F16 | Format::F32) && dense::batched::applies(isa, w, n) && isa.is_available() {
+        if x.len() != n * w.cols() || out.len() != n * w.rows() {
+            bail!(
+                "matmul: x has {} values and out {}, expected {n} x {} and {n} x {}",
+                x.len(),
+                out.len(),
+                w.cols(),
+                w.rows()
+            )
+        }
+        dense::batched::matmul(w, x, n, bias, pool, pool::SendPtr(out.as_mut_ptr()));
+        return Ok(());
+    }
+    matmul_plain(isa, pool, w, x, n, out)?;
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(w.rows()) {
+            for (o, &v) in row.iter_mut().zip(b) {
+                *o += v;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn matmul_plain(isa: Isa, pool: &pool::Pool, w: &CpuWeight, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
     if !isa.is_available() {
         bail!("{isa:?} is not available on this CPU")
     }
@@ -395,7 +439,7 @@ pub fn matmul_with(isa: Isa, pool: &pool::Pool, w: &CpuWeight, x: &[f32], n: usi
         }
         Format::F16 | Format::F32 => {
             if dense::batched::applies(isa, w, n) {
-                dense::batched::matmul(w, x, n, pool, outp);
+                dense::batched::matmul(w, x, n, None, pool, outp);
                 return Ok(());
             }
             let (ra, tile) = dense::tiles(isa, w.format(), n);

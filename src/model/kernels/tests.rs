@@ -403,3 +403,32 @@ fn candle_custom_op() {
     assert_eq!(yh.dtype(), candle_core::DType::F16);
     assert_eq!(yh.dims(), &[1, 3, 48]);
 }
+
+#[test]
+fn bias_is_added_as_the_product_is_written() {
+    use kernels::CpuMatMul;
+    let mut rng = Rng::new(91);
+    // 70 rows: two full row groups of 32 and a partial one; 3 tokens take the per-row path,
+    // 37 the batched one (on AVX-512), for f32 and f16 weights
+    for format in [Format::F32, Format::F16] {
+        let data = rng.vec(70 * 300, 0.05);
+        let w = CpuWeight::from_f32(format, 70, 300, &data).unwrap();
+        let bias = rng.vec(70, 1.0);
+        let op = CpuMatMul::with_bias(CpuWeight::from_f32(format, 70, 300, &data).unwrap(), bias.clone()).unwrap();
+        for n in [3usize, 37] {
+            let x = rng.vec(n * 300, 1.0);
+            let mut expect = vec![0f32; n * 70];
+            kernels::matmul(&w, &x, n, &mut expect).unwrap();
+            for row in expect.chunks_exact_mut(70) {
+                for (o, b) in row.iter_mut().zip(&bias) {
+                    *o += b;
+                }
+            }
+            let xt = Tensor::from_vec(x, (n, 300), &Device::Cpu).unwrap();
+            let got = xt.apply_op1_no_bwd(&op).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, expect, "{format:?}, {n} tokens");
+        }
+    }
+    let w = CpuWeight::from_f32(Format::F32, 4, 32, &[0.0; 128]).unwrap();
+    assert!(CpuMatMul::with_bias(w, vec![0.0; 5]).is_err());
+}
