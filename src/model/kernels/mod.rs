@@ -14,6 +14,8 @@
 //!   vectorised and on the pool.
 //! * [`attention_decode`] is one query token against a preallocated `[kv_heads][capacity]
 //!   [head_dim]` f16/f32 KV cache, read in place.
+//! * [`FullAttention`]: the encoders' unmasked attention (ViT, Q-Former) on f32 tensors, q, k
+//!   and v read in place from the projections, heads merged in the result (AVX-512).
 //!
 //! Quantized weights multiply activations quantized like ggml does (q8_K for q4_K/q6_K, q8_0
 //! for q8_0; candle's own quantizers, bit for bit); f16/f32 weights multiply the f32
