@@ -7,8 +7,10 @@ use candle_core::{DType, Device, Module, Result as CResult, Tensor};
 use candle_nn::{Activation, Embedding};
 
 use super::config::LlamaConfig;
-use super::kernels::{attention_decode, CpuMatMul, CpuWeight, KvView};
-use super::layers::{attention, embedding, gated, merge_heads, quantize_f32, F32RmsNorm, Linear, Quant};
+use super::kernels::{self, attention_decode, full_attention, CpuMatMul, CpuWeight, Isa, KvView};
+use super::layers::{
+    attention, embedding, gated, merge_heads, own_cpu_kernels, quantize_f32, F32RmsNorm, Linear, Quant,
+};
 use super::weights::Weights;
 use crate::device::KvPrecision;
 use crate::error::{Error, Result};
@@ -160,6 +162,63 @@ fn decode_attention_cpu(q: &Tensor, kb: &Tensor, vb: &Tensor, len: usize, scale:
     Tensor::from_vec(out, (1, heads, 1, hd), q.device())?.to_dtype(q.dtype())
 }
 
+/// Prefill attention on the CPU: queries (1, heads, n, head_dim) in f32 at positions `offset ..
+/// offset + n`, each over the cache's positions up to its own (the first `len` of the buffers,
+/// read in place in f16 or f32), on our kernel ([`full_attention`]). Returns (1, n, heads ·
+/// head_dim), heads merged. None where the kernel does not apply (then candle's path runs).
+fn prefill_attention_cpu(
+    q: &Tensor,
+    kb: &Tensor,
+    vb: &Tensor,
+    (offset, len): (usize, usize),
+    scale: f32,
+) -> CResult<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    use full_attention::{Dims, Elems, Rows};
+    let (b, heads, n, hd) = q.dims4()?;
+    let (_, kv_heads, cap, _) = kb.dims4()?;
+    let isa = Isa::detect();
+    if b != 1 || q.dtype() != DType::F32 || !own_cpu_kernels() || !full_attention::applies(isa, hd) {
+        return Ok(None);
+    }
+    let q = q.contiguous()?;
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = kb.storage_and_layout();
+    let (vs, vl) = vb.storage_and_layout();
+    if !kl.is_contiguous() || !vl.is_contiguous() {
+        candle_core::bail!("kv cache buffers must be contiguous")
+    }
+    let span = kv_heads * cap * hd;
+    let (qo, ko, vo) = (ql.start_offset(), kl.start_offset(), vl.start_offset());
+    let Storage::Cpu(CpuStorage::F32(qd)) = &*qs else { return Ok(None) };
+    fn rows(data: Elems<'_>, hd: usize, head_stride: usize) -> Rows<'_> {
+        Rows { data, stride: hd, head_stride, offset: 0 }
+    }
+    let (kd, vd) = match (&*ks, &*vs) {
+        (Storage::Cpu(CpuStorage::F16(k)), Storage::Cpu(CpuStorage::F16(v))) => {
+            (Elems::F16(&k[ko..ko + span]), Elems::F16(&v[vo..vo + span]))
+        }
+        (Storage::Cpu(CpuStorage::F32(k)), Storage::Cpu(CpuStorage::F32(v))) => {
+            (Elems::F32(&k[ko..ko + span]), Elems::F32(&v[vo..vo + span]))
+        }
+        _ => return Ok(None),
+    };
+    let dims = Dims { batch: 1, tq: n, tk: len, heads, kv_heads, head_dim: hd, causal_offset: Some(offset) };
+    let mut out = vec![0f32; n * heads * hd];
+    full_attention::full_attention(
+        isa,
+        kernels::pool::global(),
+        rows(Elems::F32(&qd[qo..qo + heads * n * hd]), hd, n * hd),
+        rows(kd, hd, cap * hd),
+        rows(vd, hd, cap * hd),
+        dims,
+        scale,
+        &mut out,
+    )?;
+    drop((qs, ks, vs));
+    Ok(Some(Tensor::from_vec(out, (1, n, heads * hd), q.device())?))
+}
+
 struct SelfAttention {
     q_proj: Linear,
     k_proj: Linear,
@@ -211,6 +270,12 @@ impl SelfAttention {
         let scale = (self.head_dim as f64).powf(-0.5);
         let out = if n == 1 && b == 1 && xs.device().is_cpu() {
             decode_attention_cpu(&q, &kb, &vb, len, scale as f32)?
+        } else if let Some(merged) = match mask {
+            // The mask is causal_mask(n, offset): our kernel applies the same limits itself.
+            Some(_) if xs.device().is_cpu() => prefill_attention_cpu(&q, &kb, &vb, (offset, len), scale as f32)?,
+            _ => None,
+        } {
+            return self.o_proj.forward(&merged);
         } else {
             // Prefill (and GPUs): candle's attention over the valid positions, in q's dtype.
             let k = kb.narrow(2, 0, len)?.to_dtype(q.dtype())?;
