@@ -256,15 +256,22 @@ pub fn encoder_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale
     let (_, _, width) = q.dims3()?;
     let own = q.device().is_cpu()
         && [q, k, v].iter().all(|t| t.dtype() == DType::F32)
-        && own_cpu_kernels()
         && heads > 0
         && width.is_multiple_of(heads)
-        && full_attention::applies(Isa::detect(), width / heads);
+        && cpu_attention_in_place(DType::F32, width / heads);
     if own {
         return q.apply_op3_no_bwd(k, v, &FullAttention { heads, scale: scale as f32 });
     }
     let out = attention(&split_heads(q, heads)?, &split_heads(k, heads)?, &split_heads(v, heads)?, scale, None)?;
     merge_heads(&out)
+}
+
+/// Whether CPU attention in `dtype` with heads of `head_dim` runs on our kernel
+/// ([`full_attention`]: f32, AVX-512, own kernels not switched off), reading q, k and v where
+/// they lie. Then no (heads, queries, keys) score buffers and no f32 copies of cached keys and
+/// values exist; the memory planner asks the same question.
+pub fn cpu_attention_in_place(dtype: DType, head_dim: usize) -> bool {
+    dtype == DType::F32 && own_cpu_kernels() && full_attention::applies(Isa::detect(), head_dim)
 }
 
 /// Splits (batch, seq, heads*head_dim) into (batch, heads, seq, head_dim).

@@ -9,7 +9,7 @@ use candle_nn::{Activation, Embedding};
 use super::config::LlamaConfig;
 use super::kernels::{self, attention_decode, full_attention, CpuMatMul, CpuWeight, Isa, KvView};
 use super::layers::{
-    attention, embedding, gated, merge_heads, own_cpu_kernels, quantize_f32, F32RmsNorm, Linear, Quant,
+    attention, cpu_attention_in_place, embedding, gated, merge_heads, quantize_f32, F32RmsNorm, Linear, Quant,
 };
 use super::weights::Weights;
 use crate::device::KvPrecision;
@@ -177,10 +177,10 @@ fn prefill_attention_cpu(
     use full_attention::{Dims, Elems, Rows};
     let (b, heads, n, hd) = q.dims4()?;
     let (_, kv_heads, cap, _) = kb.dims4()?;
-    let isa = Isa::detect();
-    if b != 1 || q.dtype() != DType::F32 || !own_cpu_kernels() || !full_attention::applies(isa, hd) {
+    if b != 1 || !cpu_attention_in_place(q.dtype(), hd) {
         return Ok(None);
     }
+    let isa = Isa::detect();
     let q = q.contiguous()?;
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = kb.storage_and_layout();
@@ -252,7 +252,7 @@ impl SelfAttention {
         xs: &Tensor,
         rope: &Rope,
         offset: usize,
-        mask: Option<&Tensor>,
+        mask: Option<&CausalMask>,
         cache: &mut LayerCache,
         kv_dtype: DType,
     ) -> CResult<Tensor> {
@@ -271,7 +271,7 @@ impl SelfAttention {
         let out = if n == 1 && b == 1 && xs.device().is_cpu() {
             decode_attention_cpu(&q, &kb, &vb, len, scale as f32)?
         } else if let Some(merged) = match mask {
-            // The mask is causal_mask(n, offset): our kernel applies the same limits itself.
+            // Our kernel applies the causal limits itself: no mask tensor is built for it.
             Some(_) if xs.device().is_cpu() => prefill_attention_cpu(&q, &kb, &vb, (offset, len), scale as f32)?,
             _ => None,
         } {
@@ -283,7 +283,7 @@ impl SelfAttention {
             let rep = self.heads / self.kv_heads;
             let k = candle_transformers::utils::repeat_kv(k, rep)?;
             let v = candle_transformers::utils::repeat_kv(v, rep)?;
-            attention(&q, &k, &v, scale, mask)?
+            attention(&q, &k, &v, scale, mask.map(CausalMask::tensor).transpose()?)?
         };
         self.o_proj.forward(&merge_heads(&out)?)
     }
@@ -533,7 +533,7 @@ impl Llama {
                 self.cfg.max_position_embeddings
             )));
         }
-        let mask = if n > 1 { Some(causal_mask(n, offset, &self.device)?) } else { None };
+        let mask = (n > 1).then(|| CausalMask::new(n, offset, &self.device));
         let mut h = embeds.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let normed = layer.input_layernorm.forward(&h)?;
@@ -546,6 +546,31 @@ impl Llama {
         let last = h.narrow(1, n - 1, 1)?;
         let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
         Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+}
+
+/// The causal limits of a prefill of `n` positions after `offset`. Our CPU kernel applies them
+/// itself; candle's attention (GPUs, other ISAs) needs them as an additive (n, offset + n) mask,
+/// built the first time a layer asks and shared by the others. Building it for every prefill
+/// cost 4 MB and a pass at 512 x 2048 that the CPU path never read.
+struct CausalMask<'a> {
+    n: usize,
+    offset: usize,
+    device: &'a Device,
+    tensor: std::cell::OnceCell<Tensor>,
+}
+
+impl<'a> CausalMask<'a> {
+    fn new(n: usize, offset: usize, device: &'a Device) -> Self {
+        Self { n, offset, device, tensor: std::cell::OnceCell::new() }
+    }
+
+    fn tensor(&self) -> CResult<&Tensor> {
+        if let Some(t) = self.tensor.get() {
+            return Ok(t);
+        }
+        let t = causal_mask(self.n, self.offset, self.device)?;
+        Ok(self.tensor.get_or_init(|| t))
     }
 }
 
@@ -601,6 +626,37 @@ mod tests {
         // Keys and values are views of one buffer (one allocation the OS commits as written).
         let l = &cache.layers[0];
         assert_eq!(addr(l.k.as_ref().unwrap()), addr(l.v.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn the_causal_mask_is_built_only_for_candles_attention_and_once_per_prefill() {
+        let ids: Vec<u32> = (5..12).collect();
+        for dtype in [DType::F32, DType::F16] {
+            let llm = tiny(dtype);
+            let (n, offset) = (4, 3);
+            let mut cache = KvCache::new();
+            llm.forward(&llm.embed(&ids[..offset]).unwrap(), &mut cache).unwrap();
+            let mask = CausalMask::new(n, offset, &Device::Cpu);
+            let xs = llm.embed(&ids[offset..]).unwrap().to_dtype(dtype).unwrap();
+            let mut built = Vec::new();
+            for (i, layer) in llm.layers.iter().enumerate() {
+                let normed = layer.input_layernorm.forward(&xs).unwrap();
+                layer.self_attn.forward(&normed, &llm.rope, offset, Some(&mask), cache.layer(i), llm.kv_dtype).unwrap();
+                built.push(mask.tensor.get().map(addr));
+            }
+            // f32 queries on an AVX-512 CPU run on our kernel, which needs no mask; f16 ones on
+            // candle's attention, which builds it at the first layer and reuses it after.
+            let own = cpu_attention_in_place(dtype, llm.layers[0].self_attn.head_dim);
+            if own {
+                assert!(built.iter().all(Option::is_none), "{dtype:?}: a mask was built for our kernel");
+            } else {
+                assert!(built[0].is_some(), "{dtype:?}: candle's attention ran without the mask");
+                assert!(built.iter().all(|b| *b == built[0]), "{dtype:?}: the mask was rebuilt");
+                let m = mask.tensor().unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!((m.len(), m[0].len()), (n, offset + n));
+                assert!(m[1][offset + 1] == 0.0 && m[1][offset + 2] == f32::NEG_INFINITY);
+            }
+        }
     }
 
     #[test]

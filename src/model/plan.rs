@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use serde::Serialize;
 
 use super::config::{LlamaConfig, VisionRepoConfig};
-use super::layers::Quant;
+use super::layers::{cpu_attention_in_place, Quant};
 use super::llama::CACHE_STEP;
 use super::shapes::{llm_tensors, projection_tensors, vision_tensors};
 use crate::device::KvPrecision;
@@ -186,22 +186,29 @@ pub fn estimate(r: &PlanRequest<'_>) -> Plan {
     let n = r.prompt.clamp(1, PREFILL_CHUNK) as u64;
     let keys = r.context.max(1) as u64;
     let heads = cfg.num_attention_heads as u64;
-    // The (heads, chunk, keys) f32 scores are counted four times: the attention keeps two alive
-    // at once, and peak RSS measured on 2- and 4-layer 13B-shaped models prefilling 1988
-    // positions (scripts/bench-memory.sh) sat 0.3-0.4 GB above an estimate that counted two.
-    let llm_act = [
-        mul(&[4, heads, n, keys, 4]),
-        mul(&[3, n, cfg.intermediate_size as u64, dsize]),
-        mul(&[6, n, cfg.hidden_size as u64, dsize]),
-        mul(&[2, keys, kv_width, dsize]), // repeated keys/values for grouped attention
-    ]
-    .into_iter()
-    .fold(0, u64::saturating_add);
+    // candle's attention (GPUs, f16 activations, CPUs without AVX-512) makes (heads, chunk,
+    // keys) f32 scores, counted four times: it keeps two alive at once, and peak RSS measured on
+    // 2- and 4-layer 13B-shaped models prefilling 1988 positions (scripts/bench-memory.sh) sat
+    // 0.3-0.4 GB above an estimate that counted two; and keys and values repeated for grouped
+    // heads. Our CPU kernel reads the cache in place and writes the merged heads: one more
+    // (chunk, hidden) f32 buffer.
+    let in_place = r.on_cpu && cpu_attention_in_place(r.dtype, cfg.head_dim());
+    let attention = if in_place {
+        mul(&[n, cfg.hidden_size as u64, 4])
+    } else {
+        mul(&[4, heads, n, keys, 4]).saturating_add(mul(&[2, keys, kv_width, dsize]))
+    };
+    let llm_act =
+        [attention, mul(&[3, n, cfg.intermediate_size as u64, dsize]), mul(&[6, n, cfg.hidden_size as u64, dsize])]
+            .into_iter()
+            .fold(0, u64::saturating_add);
     let v = &r.vision.vision_config;
     let side = (v.image_size / v.patch_size.max(1)) as u64;
     let tokens = mul(&[side, side]).saturating_add(1);
+    let vheads = v.num_attention_heads.max(1);
+    let vision_in_place = r.on_cpu && cpu_attention_in_place(DType::F32, v.hidden_size / vheads) && vsize == 4;
     let vision_act = [
-        mul(&[2, v.num_attention_heads as u64, tokens, tokens, 4]),
+        if vision_in_place { 0 } else { mul(&[2, vheads as u64, tokens, tokens, 4]) },
         mul(&[2, tokens, v.intermediate_size as u64, vsize]),
         mul(&[6, tokens, v.hidden_size as u64, vsize]),
         mul(&[tokens, 3, v.patch_size as u64, v.patch_size as u64, vsize]),
@@ -452,6 +459,37 @@ mod tests {
         let gpu = estimate(&r(DType::F32, false, KvPrecision::F16));
         let table = (l.vocab_size * l.hidden_size) as u64;
         assert_eq!(gpu.llm_weights - cpu.llm_weights, table * 4 - Quant::Q4K.bytes(table));
+    }
+
+    #[test]
+    fn a_cpu_prefill_on_our_attention_kernel_is_planned_without_score_buffers() {
+        let (v, l) = ziya();
+        let r = |dtype, on_cpu| PlanRequest {
+            vision: &v,
+            llm: &l,
+            dtype,
+            quant: Some(Quant::Q4K),
+            vision_file_dtype: DType::F32,
+            llm_file_dtype: DType::F16,
+            prompt: 512,
+            context: 2048,
+            on_cpu,
+            kv: KvPrecision::F16,
+            delta: false,
+        };
+        let (cpu, gpu) = (estimate(&r(DType::F32, true)).activations, estimate(&r(DType::F32, false)).activations);
+        // candle's attention: four (heads, 512, 2048) f32 score buffers and the keys and values
+        // repeated per head; our kernel: one (512, hidden) f32 output.
+        let scores = (4 * l.num_attention_heads * 512 * 2048 * 4) as u64;
+        let repeated = (2 * 2048 * l.num_kv_heads() * l.head_dim() * 4) as u64;
+        let out = (512 * l.hidden_size * 4) as u64;
+        if cpu_attention_in_place(DType::F32, l.head_dim()) {
+            assert_eq!(gpu - cpu, scores + repeated - out);
+        } else {
+            assert_eq!(cpu, gpu, "without the kernel the CPU runs candle's attention too");
+        }
+        // f16 activations run candle's attention on the CPU as well.
+        assert_eq!(estimate(&r(DType::F16, true)).activations, estimate(&r(DType::F16, false)).activations);
     }
 
     #[test]
