@@ -61,8 +61,10 @@ for f in $FORMATS; do
     python3 - "$f" "$layers" "$prompt" "$(cat "$tmp/kb")" "$plan" "$json" >>"$raw" <<'EOF'
 import json, sys
 fmt, layers, prompt, kb, plan, run = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5]), json.loads(sys.argv[6])
+mem = run.get("memory") or {}
 print(json.dumps({"fmt": fmt, "layers": layers, "prompt": prompt, "generated": run["generated_tokens"],
-                  "peak_rss": kb * 1024, "plan": plan["plan"]}))
+                  "peak_rss": kb * 1024, "load_peak": mem.get("load_peak_bytes"), "run_peak": mem.get("run_peak_bytes"),
+                  "plan": plan["plan"]}))
 EOF
   done
 done
@@ -94,5 +96,21 @@ for fmt in dict.fromkeys(r["fmt"] for r in rows):
     pl = (b["plan"]["llm_weights"] + b["plan"]["kv_cache"] - pa["llm_weights"] - pa["kv_cache"]) / 2e6
     ml = (b["peak_rss"] - a["peak_rss"]) / 2e6
     print(f"| {fmt} | extrapolated | {gb(p)} | {gb(m)} | {m / p:.3f} | {pl:.0f} / {ml:.0f} |")
+# The two phases apart (`ask --json`'s memory: the peak while loading, then the peak from the end
+# of loading to the end of the answer), each against its side of the plan: loading = program +
+# weights + loading's transient, running = program + weights + KV cache + activations.
+if all(r.get("run_peak") for r in rows):
+    print()
+    print("| format | phase | 2 layers plan / RSS GB | 4 layers plan / RSS GB | 40 layers plan / RSS GB | RSS / plan at 40 |")
+    print("|---|---|---|---|---|---|")
+    for fmt in dict.fromkeys(r["fmt"] for r in rows):
+        a, b = by.get((fmt, 2)), by.get((fmt, 4))
+        if not a or not b:
+            continue
+        for phase, key, extra in (("loading", "load_peak", ("loading",)), ("running", "run_peak", ("kv_cache", "activations"))):
+            plan = lambda r: r["plan"]["runtime"] + r["plan"]["vision_weights"] + r["plan"]["llm_weights"] + sum(r["plan"][k] for k in extra)
+            p40 = plan(a) + 19 * (plan(b) - plan(a))
+            m40 = a[key] + 19 * (b[key] - a[key])
+            print(f"| {fmt} | {phase} | {gb(plan(a))} / {gb(a[key])} | {gb(plan(b))} / {gb(b[key])} | {gb(p40)} / {gb(m40)} | {m40 / p40:.3f} |")
 EOF
 log "raw runs: $raw; table: $out/table.md"

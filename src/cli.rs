@@ -316,6 +316,18 @@ struct AskJson<'a> {
     device: &'a str,
     dtype: &'a str,
     timings: TimingsJson,
+    memory: MemoryJson,
+}
+
+/// Peak resident memory by phase (Linux; null elsewhere), what scripts/bench-memory.sh holds
+/// against the planner: loading peaks on a transient the run never sees, and the run on the KV
+/// cache and activations, so one process-wide peak cannot check both.
+#[derive(Serialize)]
+struct MemoryJson {
+    /// Peak while loading the model (from the start of the process).
+    load_peak_bytes: Option<u64>,
+    /// Peak from the end of loading to the end of the answer (weights resident included).
+    run_peak_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -517,6 +529,8 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
     let mut engine = Engine::spawn(Box::new(|| {}));
     engine.send(EngineCommand::LoadFiles { files: Box::new(files), prompt, context: needed });
     let summary = wait_loaded(&engine)?;
+    let load_peak_bytes = crate::llm_bench::peak_rss_bytes();
+    let reset = crate::llm_bench::reset_peak_rss();
     for note in &summary.device_notes {
         eprintln!("note: {note}");
     }
@@ -547,6 +561,10 @@ pub fn run_ask(args: &AskArgs) -> Result<()> {
             device: &summary.device,
             dtype: &summary.dtype,
             timings: gen.timings.into(),
+            memory: MemoryJson {
+                load_peak_bytes,
+                run_peak_bytes: if reset { crate::llm_bench::peak_rss_bytes() } else { None },
+            },
         };
         let text = serde_json::to_string(&json).map_err(|e| Error::Request(e.to_string()))?;
         let _ = writeln!(out, "{text}");

@@ -103,6 +103,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Starts the peak resident set (`VmHWM`) over from the current one (Linux: `5` into
+/// /proc/self/clear_refs), so that a later [`peak_rss_bytes`] is the peak of what ran since.
+/// False where the OS has no such reset.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Deterministic token ids in `[3, vocab)` (no special tokens), so runs are repeatable.
 fn token_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut s = seed | 1;

@@ -31,6 +31,12 @@ fn json_output_has_the_reference_ids_and_every_field() {
     for t in ["load_s", "image_s", "prefill_s", "decode_s"] {
         assert!(j["timings"][t].as_f64().unwrap() >= 0.0, "timings.{t}");
     }
+    // Peak memory by phase (Linux), for scripts/bench-memory.sh.
+    if cfg!(target_os = "linux") {
+        for m in ["load_peak_bytes", "run_peak_bytes"] {
+            assert!(j["memory"][m].as_u64().unwrap() > 1 << 20, "memory.{m}: {}", j["memory"]);
+        }
+    }
 }
 
 #[test]
