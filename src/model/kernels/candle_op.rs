@@ -51,29 +51,26 @@ impl CustomOp1 for CpuMatMul {
             bail!("cpu matmul: input last dim {k} but weight has {} cols", w.cols())
         }
         let n = layout.shape().elem_count() / k.max(1);
-        let matmul = |x: &[f32], out: &mut [f32]| {
-            super::matmul_bias_with(super::Isa::detect(), super::pool::global(), w, x, n, bias, out)
-        };
+        let matmul = |x: &[f32]| super::matmul_bias_vec(super::Isa::detect(), super::pool::global(), w, x, n, bias);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = w.rows();
         if !layout.is_contiguous() {
             bail!("cpu matmul: input must be contiguous (call .contiguous() first)")
         }
         let start = layout.start_offset();
-        let mut out = vec![0f32; n * w.rows()];
         match storage {
             CpuStorage::F32(v) => {
-                matmul(&v[start..start + n * k], &mut out)?;
+                let out = matmul(&v[start..start + n * k])?;
                 Ok((CpuStorage::F32(out), Shape::from(out_dims)))
             }
             CpuStorage::F16(v) => {
                 let x: Vec<f32> = v[start..start + n * k].iter().map(|h| h.to_f32()).collect();
-                matmul(&x, &mut out)?;
+                let out = matmul(&x)?;
                 Ok((CpuStorage::F16(out.iter().map(|&f| f16::from_f32(f)).collect()), Shape::from(out_dims)))
             }
             CpuStorage::BF16(v) => {
                 let x: Vec<f32> = v[start..start + n * k].iter().map(|h| h.to_f32()).collect();
-                matmul(&x, &mut out)?;
+                let out = matmul(&x)?;
                 Ok((CpuStorage::BF16(out.iter().map(|&f| bf16::from_f32(f)).collect()), Shape::from(out_dims)))
             }
             _ => bail!("cpu matmul: input must be f32, f16 or bf16"),

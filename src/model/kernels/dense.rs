@@ -705,33 +705,44 @@ pub mod batched {
                     }
                     c0 += kc;
                 }
-                for g in 0..ng {
-                    let rg = r0 + g * GR;
-                    if rg >= rows {
-                        break;
-                    }
-                    let valid = (rows - rg).min(GR);
-                    match bias {
-                        Some(b) => {
-                            let b = &b[rg..rg + valid];
-                            for t in 0..n {
-                                let src =
-                                    std::slice::from_raw_parts(acc.as_ptr().add((g * n + t) * 2) as *const f32, valid);
-                                let dst = std::slice::from_raw_parts_mut(out.0.add(t * rows + rg), valid);
-                                for ((d, &a), &bb) in dst.iter_mut().zip(src).zip(b) {
-                                    *d = a + bb;
-                                }
-                            }
+                write_out(acc, r0, ng, n, rows, bias, out);
+            });
+        }
+
+        /// Copies the block's accumulators (plus the bias) to the rows `r0 .. r0 + 32 * ng` of
+        /// every token's output, in 16-lane vectors (the compiler's 4-lane loop was 2 % of the
+        /// image step).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn write_out(
+            acc: &[Z],
+            r0: usize,
+            ng: usize,
+            n: usize,
+            rows: usize,
+            bias: Option<&[f32]>,
+            out: SendPtr<f32>,
+        ) {
+            for g in 0..ng {
+                let rg = r0 + g * GR;
+                if rg >= rows {
+                    break;
+                }
+                let valid = (rows - rg).min(GR);
+                for t in 0..n {
+                    let src = acc.as_ptr().add((g * n + t) * 2) as *const f32;
+                    let dst = out.0.add(t * rows + rg);
+                    let mut i = 0;
+                    while i < valid {
+                        let m: u16 = if valid - i >= 16 { 0xFFFF } else { (1u16 << (valid - i)) - 1 };
+                        let mut v = _mm512_maskz_loadu_ps(m, src.add(i));
+                        if let Some(b) = bias {
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b.as_ptr().add(rg + i)));
                         }
-                        None => {
-                            for t in 0..n {
-                                let src = acc.as_ptr().add((g * n + t) * 2) as *const f32;
-                                std::ptr::copy_nonoverlapping(src, out.0.add(t * rows + rg), valid);
-                            }
-                        }
+                        _mm512_mask_storeu_ps(dst.add(i), m, v);
+                        i += 16;
                     }
                 }
-            });
+            }
         }
     }
 }
