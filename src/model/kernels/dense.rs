@@ -204,7 +204,17 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); N]; R];
         let k16 = cols / 16 * 16;
         let mut k = 0;
+        let ahead = 4 * rb;
         while k < k16 {
+            if R == 4 && (k * if F16 { 2 } else { 4 }) % 64 == 0 {
+                // The same line of the row four on (the next group's): more lines in flight
+                // than the hardware prefetcher keeps for these interleaved streams (see q4k).
+                // `wrapping_add`: past the last rows it points beyond the weights, where a
+                // prefetch is harmless but `add` is not.
+                for p in wp {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + k * if F16 { 2 } else { 4 }) as *const i8);
+                }
+            }
             let wv: [__m512; R] = std::array::from_fn(|i| load16::<F16>(wp[i], k));
             for t in 0..N {
                 let xv = _mm512_loadu_ps(xp[t].add(k));

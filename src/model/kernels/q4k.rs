@@ -164,7 +164,7 @@ mod x86 {
         // Decode (one token): four rows at a time, four weight streams and four chains.
         if N == 1 {
             while r + 4 <= rows.end {
-                let res = dot_avx512_r::<4, N>(std::array::from_fn(|i| base.add((r + i) * rb)), nb, &p, &ctrl);
+                let res = dot_avx512_r::<4, N>(std::array::from_fn(|i| base.add((r + i) * rb)), nb, &p, &ctrl, 4 * rb);
                 for (i, row) in res.iter().enumerate() {
                     for (t, v) in row.iter().enumerate() {
                         *out.0.add((t0 + t) * stride + r + i) = *v;
@@ -174,7 +174,7 @@ mod x86 {
             }
         }
         while r < rows.end {
-            let res = dot_avx512_r::<1, N>([base.add(r * rb)], nb, &p, &ctrl);
+            let res = dot_avx512_r::<1, N>([base.add(r * rb)], nb, &p, &ctrl, 0);
             for (t, v) in res[0].iter().enumerate() {
                 *out.0.add((t0 + t) * stride + r) = *v;
             }
@@ -205,6 +205,7 @@ mod x86 {
         nb: usize,
         p: &Ptrs<N>,
         ctrl: &[__m512i; 4],
+        ahead: usize,
     ) -> [[f32; N]; R] {
         let m4 = _mm512_set1_epi8(0x0F);
         let mut facc = [[_mm512_setzero_ps(); N]; R];
@@ -212,6 +213,16 @@ mod x86 {
         for b in 0..nb {
             for i in 0..R {
                 let blk = rows[i].add(b * BLOCK_BYTES);
+                if ahead > 0 {
+                    // The same block of the row `ahead` bytes on (the next group's), so that
+                    // more lines are in flight than the hardware prefetcher keeps for these
+                    // short interleaved streams. `wrapping_add`: past the last group it points
+                    // beyond the weights, and a prefetch there is harmless but `add` is not.
+                    let next = blk.wrapping_add(ahead) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(next);
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(128));
+                }
                 let (d, dmin) = d_dmin(blk);
                 let sm = scales_avx(blk.add(4));
                 let smb = _mm512_broadcast_i32x4(sm);

@@ -122,6 +122,15 @@ mod x86 {
             });
             for i in 0..R {
                 let b0 = rowp[i].add(b * BLOCK_BYTES);
+                if R == 4 {
+                    // These two blocks of the row four on (the next group's): more lines in
+                    // flight than the hardware prefetcher keeps for short interleaved streams
+                    // (see q4k). `wrapping_add`: past the last group it points beyond the
+                    // weights, where a prefetch is harmless but `add` is not.
+                    let next = b0.wrapping_add(4 * rb) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(next);
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(2 * BLOCK_BYTES - 1));
+                }
                 let wv = _mm512_inserti64x4::<1>(
                     _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
                     _mm256_loadu_si256(b0.add(36) as *const __m256i),
