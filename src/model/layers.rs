@@ -97,6 +97,16 @@ impl Linear {
         Self::Dense(candle_nn::Linear::new(weight, bias))
     }
 
+    /// This layer with its CPU f32 weight laid out for batches of tokens
+    /// ([`CpuMatMul::for_batches`]): for the encoders' layers, which only ever see the image's
+    /// tokens or the queries, never one token at a time. Other layers are returned as they are.
+    pub fn for_batches(self) -> Self {
+        match self {
+            Self::Cpu { op } => Self::Cpu { op: op.for_batches() },
+            other => other,
+        }
+    }
+
     /// Bytes the weight occupies.
     pub fn weight_bytes(&self) -> u64 {
         match self {

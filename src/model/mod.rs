@@ -124,7 +124,8 @@ impl ZiyaVisual {
         let q = &vision_config.qformer_config;
         let qformer = QFormer::load(&vw.pp("qformer"), q)?;
         let query_tokens = vw.get((1, vision_config.num_query_tokens, q.hidden_size), "query_tokens")?;
-        let projection = Linear::load(&vw.pp("language_projection"), q.hidden_size, llm_config.hidden_size, true)?;
+        let projection =
+            Linear::load(&vw.pp("language_projection"), q.hidden_size, llm_config.hidden_size, true)?.for_batches();
         let lw = Weights::new(lckpt, dtype, device);
         let llm = Llama::load(&lw, &llm_config, quant)?;
         Ok(Self {

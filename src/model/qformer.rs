@@ -29,10 +29,10 @@ impl AttentionBlock {
         let a = w.pp("attention");
         let o = w.pp("output");
         Ok(Self {
-            query: Linear::load(&a.pp("query"), d, d, true)?,
-            key: Linear::load(&a.pp("key"), kv_dim, d, true)?,
-            value: Linear::load(&a.pp("value"), kv_dim, d, true)?,
-            dense: Linear::load(&o.pp("dense"), d, d, true)?,
+            query: Linear::load(&a.pp("query"), d, d, true)?.for_batches(),
+            key: Linear::load(&a.pp("key"), kv_dim, d, true)?.for_batches(),
+            value: Linear::load(&a.pp("value"), kv_dim, d, true)?.for_batches(),
+            dense: Linear::load(&o.pp("dense"), d, d, true)?.for_batches(),
             norm: F32LayerNorm::load(&o.pp("LayerNorm"), d, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
             scale: ((d / cfg.num_attention_heads) as f64).powf(-0.5),
@@ -68,8 +68,8 @@ impl Layer {
         Ok(Self {
             attention: AttentionBlock::load(&w.pp("attention"), cfg, d)?,
             crossattention,
-            intermediate: Linear::load(&w.pp("intermediate_query.dense"), d, i, true)?,
-            output: Linear::load(&w.pp("output_query.dense"), i, d, true)?,
+            intermediate: Linear::load(&w.pp("intermediate_query.dense"), d, i, true)?.for_batches(),
+            output: Linear::load(&w.pp("output_query.dense"), i, d, true)?.for_batches(),
             output_norm: F32LayerNorm::load(&w.pp("output_query.LayerNorm"), d, cfg.layer_norm_eps)?,
             act: cfg.hidden_act,
         })

@@ -74,8 +74,8 @@ impl Attention {
         };
         Ok(Self {
             // One (3d, d) product as the checkpoint stores it; f16 on the CPU on our kernels too.
-            qkv: Linear::new(qkv_w, qkv_b)?,
-            projection: Linear::load(&w.pp("projection"), d, d, true)?,
+            qkv: Linear::new(qkv_w, qkv_b)?.for_batches(),
+            projection: Linear::load(&w.pp("projection"), d, d, true)?.for_batches(),
             heads: cfg.num_attention_heads,
             scale: ((d / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -106,8 +106,8 @@ impl EncoderLayer {
             layer_norm1: F32LayerNorm::load(&w.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
             self_attn: Attention::load(&w.pp("self_attn"), cfg)?,
             layer_norm2: F32LayerNorm::load(&w.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
-            fc1: Linear::load(&w.pp("mlp.fc1"), d, i, true)?,
-            fc2: Linear::load(&w.pp("mlp.fc2"), i, d, true)?,
+            fc1: Linear::load(&w.pp("mlp.fc1"), d, i, true)?.for_batches(),
+            fc2: Linear::load(&w.pp("mlp.fc2"), i, d, true)?.for_batches(),
             act: cfg.hidden_act,
         })
     }

@@ -35,6 +35,22 @@ impl CpuMatMul {
     pub fn weight(&self) -> &CpuWeight {
         &self.0
     }
+
+    /// The same op with an f32 weight laid out as the batched kernel's panels, for a layer that
+    /// only ever meets batches of tokens (the encoders'); unchanged where that layout does not
+    /// apply (other formats, a CPU without AVX-512, a shared weight).
+    pub fn for_batches(self) -> Self {
+        if super::Isa::detect() != super::Isa::Avx512 {
+            return self;
+        }
+        match Arc::try_unwrap(self.0) {
+            Ok(w) => match super::dense::batched::to_panels(&w, super::pool::global()) {
+                Some(p) => Self(Arc::new(p), self.1),
+                None => Self(Arc::new(w), self.1),
+            },
+            Err(shared) => Self(shared, self.1),
+        }
+    }
 }
 
 impl CustomOp1 for CpuMatMul {

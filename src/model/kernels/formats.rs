@@ -180,6 +180,9 @@ pub struct CpuWeight {
     rows: usize,
     cols: usize,
     bytes: AlignedBytes,
+    /// F32 weights laid out as the batched dense kernel's panels ([`super::dense::batched`]'s
+    /// `to_panels`), not by rows: only that kernel reads them.
+    panels: bool,
 }
 
 /// The name the integration notes use.
@@ -242,7 +245,7 @@ impl CpuWeight {
         }
         let mut buf = AlignedBytes::zeroed(expect);
         buf.as_mut_slice().copy_from_slice(bytes);
-        Ok(Self { format, rows, cols, bytes: buf })
+        Ok(Self { format, rows, cols, bytes: buf, panels: false })
     }
 
     /// Quantizes (or, for F16/F32, converts) `data` (rows x cols f32, row-major). Quantized
@@ -269,7 +272,7 @@ impl CpuWeight {
                 }
             }
         }
-        Ok(Self { format, rows, cols, bytes: buf })
+        Ok(Self { format, rows, cols, bytes: buf, panels: false })
     }
 
     /// Dense f16 weights.
@@ -282,7 +285,7 @@ impl CpuWeight {
         for (o, &v) in buf.as_mut_slice().chunks_exact_mut(2).zip(data) {
             o.copy_from_slice(&v.to_le_bytes());
         }
-        Ok(Self { format: Format::F16, rows, cols, bytes: buf })
+        Ok(Self { format: Format::F16, rows, cols, bytes: buf, panels: false })
     }
 
     /// Copies the bytes of a 2-D CPU `QTensor` (Q4K, Q6K, Q8_0, F16 or F32); the QTensor can be
@@ -310,12 +313,25 @@ impl CpuWeight {
 
     /// A candle QTensor holding a copy of these bytes (for comparisons and fallbacks).
     pub fn to_qtensor(&self) -> Result<QTensor> {
+        if self.panels {
+            bail!("a weight laid out as panels has no QTensor form")
+        }
         let storage = candle_core::quantized::QStorage::from_data(
             std::borrow::Cow::Borrowed(self.bytes()),
             &candle_core::Device::Cpu,
             self.format.ggml(),
         )?;
         QTensor::new(storage, (self.rows, self.cols))
+    }
+
+    /// F32 `rows` x `cols` weights already laid out as panels by the batched dense kernel.
+    pub(crate) fn from_panels(rows: usize, cols: usize, bytes: AlignedBytes) -> Self {
+        Self { format: Format::F32, rows, cols, bytes, panels: true }
+    }
+
+    /// Whether the bytes are the batched kernel's panels rather than rows.
+    pub fn is_panels(&self) -> bool {
+        self.panels
     }
 
     pub fn format(&self) -> Format {
@@ -339,6 +355,7 @@ impl CpuWeight {
     }
     /// Bytes of row `r`.
     pub fn row(&self, r: usize) -> &[u8] {
+        assert!(!self.panels, "a weight laid out as panels has no rows");
         let rb = self.row_bytes();
         &self.bytes()[r * rb..(r + 1) * rb]
     }

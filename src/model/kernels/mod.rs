@@ -345,6 +345,9 @@ fn matmul_plain(isa: Isa, pool: &pool::Pool, w: &CpuWeight, x: &[f32], n: usize,
     if !isa.is_available() {
         bail!("{isa:?} is not available on this CPU")
     }
+    if w.is_panels() {
+        bail!("a weight laid out as panels runs only on the batched AVX-512 path, not {isa:?}")
+    }
     let (rows, cols) = (w.rows(), w.cols());
     if x.len() != n * cols {
         bail!("matmul: x has {} values, expected {n} x {cols}", x.len())

@@ -432,3 +432,46 @@ fn bias_is_added_as_the_product_is_written() {
     let w = CpuWeight::from_f32(Format::F32, 4, 32, &[0.0; 128]).unwrap();
     assert!(CpuMatMul::with_bias(w, vec![0.0; 5]).is_err());
 }
+
+#[test]
+fn f32_weights_laid_out_as_panels_give_the_batched_products() {
+    use kernels::dense::batched;
+    if !Isa::Avx512.is_available() {
+        return; // the layout is the AVX-512 batched kernel's alone
+    }
+    let mut rng = Rng::new(92);
+    // 70 rows (a partial group of 32), 300 and 40 columns (a partial and a lone short chunk of
+    // 256), token counts below and above the batched threshold, on 1-3 threads.
+    for (rows, cols) in [(70usize, 300usize), (64, 512), (33, 40)] {
+        let data = rng.vec(rows * cols, 0.05);
+        let w = CpuWeight::from_f32(Format::F32, rows, cols, &data).unwrap();
+        let bias = rng.vec(rows, 1.0);
+        for pool in pools() {
+            let panels = batched::to_panels(&w, &pool).unwrap();
+            assert!(panels.is_panels() && batched::to_panels(&panels, &pool).is_none());
+            assert_eq!((panels.rows(), panels.cols()), (rows, cols));
+            for n in [1usize, 5, 13, 37] {
+                let x = rng.vec(n * cols, 1.0);
+                let got = kernels::matmul_bias_vec(Isa::Avx512, &pool, &panels, &x, n, Some(&bias)).unwrap();
+                let mut expect = vec![0f32; n * rows];
+                kernels::matmul_bias_with(Isa::Avx512, &pool, &w, &x, n, Some(&bias), &mut expect).unwrap();
+                if n >= batched::threshold() {
+                    // The same kernel on the same panels, packed per block or once at load.
+                    assert_eq!(got, expect, "{rows}x{cols}, {n} tokens");
+                } else {
+                    for (g, e) in got.iter().zip(&expect) {
+                        assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{rows}x{cols}, {n} tokens: {g} vs {e}");
+                    }
+                }
+            }
+        }
+        // Only the batched path reads panels: the per-row kernels refuse them.
+        let panels = batched::to_panels(&w, &Pool::new(1)).unwrap();
+        let mut out = vec![0f32; rows];
+        assert!(kernels::matmul_isa(Isa::Avx2, &panels, &rng.vec(cols, 1.0), 1, &mut out).is_err());
+        assert!(panels.to_qtensor().is_err());
+    }
+    // f16 weights keep their rows (half the memory; the kernel widens them per block).
+    let w = CpuWeight::from_f32(Format::F16, 32, 64, &rng.vec(32 * 64, 0.05)).unwrap();
+    assert!(batched::to_panels(&w, &Pool::new(1)).is_none());
+}
