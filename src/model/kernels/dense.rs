@@ -717,10 +717,11 @@ pub mod batched {
                         }
                         (p.as_ptr(), 2 * KC)
                     };
-                    // The weights the next pack reads (the next columns of this block,
+                    // The weights the next chunk reads (the next columns of this block,
                     // or the first of the next block, which this thread most likely
                     // claims next) are prefetched into L2 while the tiles run, spread
-                    // over the token tiles: packing then reads L2, not memory.
+                    // over the token tiles: packing (or the tiles, reading panels in
+                    // place) then read L2, not memory.
                     let (nr0, nc0) = if c0 + kc < cols { (r0, c0 + kc) } else { (r0 + ng * GR, 0) };
                     let next_kc = (cols - nc0).min(KC);
                     // What the next chunk reads, as "units" (rows of the weight, or groups of
