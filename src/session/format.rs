@@ -666,6 +666,28 @@ mod tests {
     }
 
     #[test]
+    fn an_image_key_with_multibyte_characters_is_named_without_a_panic() {
+        // The session fuzzer's find (fuzz/corpus/session_load/crash-85f77c89…): an image whose
+        // key is not a hex hash, with a multi-byte character across its 12th byte, and whose
+        // file is missing.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let key = "3220fc7838述ccdab0a3a21b5d8498275c7abe6930abbb059e9fdb4939bba8c2fd";
+        let json = format!(
+            r#"{{"format": "ziya-visual-session", "version": 2, "title": "t", "created_at": 1, "updated_at": 1,
+              "images": {{"{key}": {{"name": "one.png", "mime": "image/png", "size": 69, "file": "s.images/x.png"}}}},
+              "turns": [{{"id": 0, "parent": null, "images": ["{key}"], "query": "q", "answer": "a",
+                          "token_ids": [], "created_at": 1}}],
+              "active_leaf": 0}}"#
+        );
+        std::fs::write(&path, json).unwrap();
+        let loaded = Session::load(&path).unwrap();
+        let problems = loaded.image_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("one.png") && problems[0].contains("3220fc7838述c"), "{problems:?}");
+    }
+
+    #[test]
     fn turn_ids_near_the_top_of_the_range_are_renumbered_so_the_next_turn_fits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids.json");

@@ -277,7 +277,9 @@ impl Session {
     /// The images that cannot be used, with the reason.
     pub fn image_problems(&self) -> Vec<String> {
         self.unavailable_images()
-            .map(|(i, p)| format!("image {} ({}): {p}", i.name, &i.hash[..12.min(i.hash.len())]))
+            // The hash comes from the file: its first 12 characters, not bytes (a byte index
+            // inside a multi-byte character panics; the session fuzzer found one).
+            .map(|(i, p)| format!("image {} ({}): {p}", i.name, i.hash.chars().take(12).collect::<String>()))
             .collect()
     }
 
