@@ -107,6 +107,29 @@ impl Linear {
         }
     }
 
+    /// `act(self(xs))`. On our CPU kernels with f32 activations the exact GELU is applied as
+    /// the product writes its results (the encoders' MLP: no pass and no tensor of its own);
+    /// otherwise as [`activate`] does it.
+    pub fn forward_then(&self, act: Activation, xs: &Tensor) -> CResult<Tensor> {
+        match self {
+            Self::Cpu { op } if matches!(act, Activation::Gelu) && xs.dtype() == DType::F32 => {
+                xs.contiguous()?.apply_op1_no_bwd(&op.clone().then_gelu())
+            }
+            _ => activate(act, &self.forward(xs)?),
+        }
+    }
+
+    /// `residual + self(xs)`. On our CPU kernels with f32 tensors the residual is added as the
+    /// product writes its results (the encoders' skip connections); the same bits either way.
+    pub fn forward_plus(&self, xs: &Tensor, residual: &Tensor) -> CResult<Tensor> {
+        match self {
+            Self::Cpu { op } if xs.dtype() == DType::F32 && residual.dtype() == DType::F32 => {
+                xs.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op.plus())
+            }
+            _ => residual + self.forward(xs)?,
+        }
+    }
+
     /// Bytes the weight occupies.
     pub fn weight_bytes(&self) -> u64 {
         match self {

@@ -6,7 +6,7 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::Activation;
 
 use super::config::QFormerConfig;
-use super::layers::{activate, encoder_attention, F32LayerNorm, Linear};
+use super::layers::{encoder_attention, F32LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -44,7 +44,7 @@ impl AttentionBlock {
         let k = self.key.forward(kv_source)?;
         let v = self.value.forward(kv_source)?;
         let ctx = encoder_attention(&q, &k, &v, self.heads, self.scale)?;
-        self.norm.forward(&(self.dense.forward(&ctx)? + hidden)?)
+        self.norm.forward(&self.dense.forward_plus(&ctx, hidden)?)
     }
 }
 
@@ -80,8 +80,8 @@ impl Layer {
         if let Some(cross) = &self.crossattention {
             h = cross.forward(&h, image)?;
         }
-        let ff = self.output.forward(&activate(self.act, &self.intermediate.forward(&h)?)?)?;
-        self.output_norm.forward(&(ff + h)?)
+        let ff = self.intermediate.forward_then(self.act, &h)?;
+        self.output_norm.forward(&self.output.forward_plus(&ff, &h)?)
     }
 }
 

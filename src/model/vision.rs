@@ -6,7 +6,7 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Activation, Conv2d, Conv2dConfig};
 
 use super::config::VisionConfig;
-use super::layers::{activate, encoder_attention, F32LayerNorm, Linear};
+use super::layers::{encoder_attention, F32LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -81,12 +81,13 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
+    /// `residual + attention(xs)`, the residual added as the projection writes its results.
+    fn forward_plus(&self, xs: &Tensor, residual: &Tensor) -> CResult<Tensor> {
         let d = xs.dim(2)?;
         // (b, t, 3d): q, k, v are its thirds, read in place.
         let qkv = self.qkv.forward(xs)?;
         let (q, k, v) = (qkv.narrow(2, 0, d)?, qkv.narrow(2, d, d)?, qkv.narrow(2, 2 * d, d)?);
-        self.projection.forward(&encoder_attention(&q, &k, &v, self.heads, self.scale)?)
+        self.projection.forward_plus(&encoder_attention(&q, &k, &v, self.heads, self.scale)?, residual)
     }
 }
 
@@ -113,9 +114,9 @@ impl EncoderLayer {
     }
 
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        let h = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
-        let m = self.fc2.forward(&activate(self.act, &self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
-        h + m
+        let h = self.self_attn.forward_plus(&self.layer_norm1.forward(xs)?, xs)?;
+        let m = self.fc1.forward_then(self.act, &self.layer_norm2.forward(&h)?)?;
+        self.fc2.forward_plus(&m, &h)
     }
 }
 

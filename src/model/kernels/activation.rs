@@ -81,6 +81,17 @@ fn gelu_slice(x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `x[i] = gelu(x[i])`: the batched dense kernel's epilogue calls it on each tile's results
+/// as they are stored (inlined into its AVX-512 code, vectorised there), the other paths on
+/// their whole output ([`gelu_in_place_with`]). The same arithmetic as [`gelu_slice`], so the
+/// same bits.
+#[inline(always)]
+pub(crate) fn gelu_in_place(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = gelu(*v);
+    }
+}
+
 #[inline(always)]
 fn silu_mul_slice(g: &[f32], u: &[f32], out: &mut [f32]) {
     for ((o, &a), &b) in out.iter_mut().zip(g).zip(u) {
@@ -97,6 +108,14 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gelu_avx2(x: &[f32], out: &mut [f32]) {
         super::gelu_slice(x, out)
+    }
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gelu_in_place_avx512(x: &mut [f32]) {
+        super::gelu_in_place(x)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_in_place_avx2(x: &mut [f32]) {
+        super::gelu_in_place(x)
     }
     #[target_feature(enable = "avx512f")]
     pub unsafe fn silu_mul_avx512(g: &[f32], u: &[f32], out: &mut [f32]) {
@@ -119,6 +138,18 @@ pub fn gelu_isa(isa: Isa, x: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe { x86::gelu_avx2(x, out) },
         _ => gelu_slice(x, out),
+    }
+}
+
+/// `x[i] = gelu(x[i])` with the instructions `isa` allows (as [`gelu_isa`]).
+pub fn gelu_in_place_isa(isa: Isa, x: &mut [f32]) {
+    match isa {
+        // SAFETY: the guard checked that this CPU has the instructions.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => unsafe { x86::gelu_in_place_avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { x86::gelu_in_place_avx2(x) },
+        _ => gelu_in_place(x),
     }
 }
 
@@ -155,6 +186,11 @@ fn split_over(pool: &pool::Pool, out: &mut [f32], f: impl Fn(std::ops::Range<usi
 pub fn gelu_with(isa: Isa, pool: &pool::Pool, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "gelu: input and output lengths differ");
     split_over(pool, out, |r, part| gelu_isa(isa, &x[r], part));
+}
+
+/// `x[i] = gelu(x[i])` on every thread of `pool`.
+pub fn gelu_in_place_with(isa: Isa, pool: &pool::Pool, x: &mut [f32]) {
+    split_over(pool, x, |_, part| gelu_in_place_isa(isa, part));
 }
 
 /// `out[i] = silu(g[i]) · u[i]` on every thread of `pool`.

@@ -103,6 +103,7 @@ use candle_core::{bail, Result};
 pub use activation::{GeluErf, SiluMul};
 pub use attention::{attention_decode, attention_decode_isa, KvDType, KvData, KvView};
 pub use candle_op::CpuMatMul;
+pub use candle_op::PlusResidual;
 pub use formats::{CpuWeight, Format, QuantizedWeight};
 pub use full_attention::FullAttention;
 
@@ -263,25 +264,70 @@ fn run_tiles(
 
 /// [`matmul`] on a given pool (benchmarks compare pools with it).
 pub fn matmul_with(isa: Isa, pool: &pool::Pool, w: &CpuWeight, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-    matmul_bias_with(isa, pool, w, x, n, None, out)
+    matmul_epilogue_with(isa, pool, w, x, n, &Epilogue::default(), out)
 }
 
-/// [`matmul_with`] plus `bias[r]` on every token's row `r` (a linear layer's bias): added as the
-/// batched dense path writes its results, in a pass over `out` on the other paths.
-pub fn matmul_bias_with(
+/// What a product does to each result as it writes it, in this order: `+ bias[r]` (a linear
+/// layer's bias), the exact GELU (HF's "gelu", the encoders' MLP), `+ residual[t][r]` (the
+/// encoders' skip connections; n x rows like the output). The batched dense path applies it to
+/// each register tile as the tile is stored, while the values are in registers and L1 (a pass
+/// of its own over a 257 x 6144 output costs a trip to memory, and a fresh buffer); the other
+/// paths in a pass over the output. Either way each value gets the same operations in the same
+/// order, so the same bits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub gelu: bool,
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    /// An error if the bias or the residual does not fit an n x `rows` output.
+    fn check(&self, rows: usize, n: usize) -> Result<()> {
+        if let Some(b) = self.bias {
+            if b.len() != rows {
+                bail!("matmul: bias has {} values, expected {rows}", b.len())
+            }
+        }
+        if let Some(r) = self.residual {
+            if r.len() != n * rows {
+                bail!("matmul: residual has {} values, expected {n} x {rows}", r.len())
+            }
+        }
+        Ok(())
+    }
+
+    /// The epilogue as a pass over a finished n x `rows` product (the paths that do not fuse it).
+    fn apply(&self, isa: Isa, pool: &pool::Pool, rows: usize, out: &mut [f32]) {
+        if let Some(b) = self.bias {
+            for row in out.chunks_exact_mut(rows) {
+                for (o, &v) in row.iter_mut().zip(b) {
+                    *o += v;
+                }
+            }
+        }
+        if self.gelu {
+            activation::gelu_in_place_with(isa, pool, out);
+        }
+        if let Some(r) = self.residual {
+            for (o, &v) in out.iter_mut().zip(r) {
+                *o += v;
+            }
+        }
+    }
+}
+
+/// [`matmul_with`] followed by `epi` on every result (fused into the batched dense path).
+pub fn matmul_epilogue_with(
     isa: Isa,
     pool: &pool::Pool,
     w: &CpuWeight,
     x: &[f32],
     n: usize,
-    bias: Option<&[f32]>,
+    epi: &Epilogue,
     out: &mut [f32],
 ) -> Result<()> {
-    if let Some(b) = bias {
-        if b.len() != w.rows() {
-            bail!("matmul: bias has {} values, expected {}", b.len(), w.rows())
-        }
-    }
+    epi.check(w.rows(), n)?;
     if dense_batched(isa, w, n) {
         if x.len() != n * w.cols() || out.len() != n * w.rows() {
             bail!(
@@ -292,17 +338,11 @@ pub fn matmul_bias_with(
                 w.rows()
             )
         }
-        dense::batched::matmul(w, x, n, bias, pool, pool::SendPtr(out.as_mut_ptr()));
+        dense::batched::matmul(w, x, n, epi, pool, pool::SendPtr(out.as_mut_ptr()));
         return Ok(());
     }
     matmul_plain(isa, pool, w, x, n, out)?;
-    if let Some(b) = bias {
-        for row in out.chunks_exact_mut(w.rows()) {
-            for (o, &v) in row.iter_mut().zip(b) {
-                *o += v;
-            }
-        }
-    }
+    epi.apply(isa, pool, w.rows(), out);
     Ok(())
 }
 
@@ -311,33 +351,31 @@ fn dense_batched(isa: Isa, w: &CpuWeight, n: usize) -> bool {
     matches!(w.format(), Format::F16 | Format::F32) && dense::batched::applies(isa, w, n) && isa.is_available()
 }
 
-/// [`matmul_bias_with`] into a new vector of n x rows. The batched dense path writes every
+/// [`matmul_epilogue_with`] into a new vector of n x rows. The batched dense path writes every
 /// element, so its output is not cleared first (clearing it was 2 % of the image step).
-pub fn matmul_bias_vec(
+pub fn matmul_epilogue_vec(
     isa: Isa,
     pool: &pool::Pool,
     w: &CpuWeight,
     x: &[f32],
     n: usize,
-    bias: Option<&[f32]>,
+    epi: &Epilogue,
 ) -> Result<Vec<f32>> {
     let len = n * w.rows();
     if dense_batched(isa, w, n) {
         if x.len() != n * w.cols() {
             bail!("matmul: x has {} values, expected {n} x {}", x.len(), w.cols())
         }
-        if bias.is_some_and(|b| b.len() != w.rows()) {
-            bail!("matmul: bias has {} values, expected {}", bias.map_or(0, <[f32]>::len), w.rows())
-        }
+        epi.check(w.rows(), n)?;
         let mut out = Vec::with_capacity(len);
-        dense::batched::matmul(w, x, n, bias, pool, pool::SendPtr(out.as_mut_ptr()));
+        dense::batched::matmul(w, x, n, epi, pool, pool::SendPtr(out.as_mut_ptr()));
         // SAFETY: the batched path writes all n x rows outputs (every row group for every
         // token: the slabs cover all groups), and f32 has no invalid values.
         unsafe { out.set_len(len) };
         return Ok(out);
     }
     let mut out = vec![0f32; len];
-    matmul_bias_with(isa, pool, w, x, n, bias, &mut out)?;
+    matmul_epilogue_with(isa, pool, w, x, n, epi, &mut out)?;
     Ok(out)
 }
 
@@ -479,7 +517,7 @@ fn matmul_plain(isa: Isa, pool: &pool::Pool, w: &CpuWeight, x: &[f32], n: usize,
         }
         Format::F16 | Format::F32 => {
             if dense::batched::applies(isa, w, n) {
-                dense::batched::matmul(w, x, n, None, pool, outp);
+                dense::batched::matmul(w, x, n, &Epilogue::default(), pool, outp);
                 return Ok(());
             }
             let (ra, tile) = dense::tiles(isa, w.format(), n);

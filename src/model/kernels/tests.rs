@@ -5,7 +5,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use half::f16;
 
-use crate::model::kernels::{self, attention, formats::QK_K, pool::Pool, q8_act, CpuWeight, Format, Isa, KvView};
+use crate::model::kernels::{
+    self, attention, formats::QK_K, pool::Pool, q8_act, CpuWeight, Epilogue, Format, Isa, KvView,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -433,6 +435,92 @@ fn bias_is_added_as_the_product_is_written() {
     assert!(CpuMatMul::with_bias(w, vec![0.0; 5]).is_err());
 }
 
+/// The epilogue (bias, GELU, residual) fused into the batched dense path as tiles are stored
+/// gives the same bits as the product followed by the same steps as passes of their own (the
+/// GELU op, an f32 addition), on every path: batched (AVX-512, rows or panels) and per row.
+#[test]
+fn the_fused_epilogue_gives_the_bits_of_separate_passes() {
+    use kernels::{dense::batched, CpuMatMul, GeluErf};
+    let mut rng = Rng::new(93);
+    // 70 rows: a partial row group (masked stores); 300 columns: two column chunks (the last
+    // one stores), 40: a lone chunk (the first is the last); 5 and 37 tokens: per-row and
+    // batched paths (any count on panels), with a partial token tile.
+    for (rows, cols) in [(70usize, 300usize), (33, 40)] {
+        let data = rng.vec(rows * cols, 0.05);
+        let bias = rng.vec(rows, 1.0);
+        let mut weights = vec![CpuWeight::from_f32(Format::F32, rows, cols, &data).unwrap()];
+        weights.push(CpuWeight::from_f32(Format::F16, rows, cols, &data).unwrap());
+        if Isa::Avx512.is_available() {
+            weights.extend(batched::to_panels(&weights[0], &Pool::new(2)));
+        }
+        for w in &weights {
+            for n in [5usize, 37] {
+                let x = rng.vec(n * cols, 1.0);
+                let residual = rng.vec(n * rows, 1.0);
+                for isa in Isa::available() {
+                    let pool = Pool::new(2);
+                    let gelu_epi = Epilogue { bias: Some(&bias), gelu: true, residual: None };
+                    let got_gelu = kernels::matmul_epilogue_vec(isa, &pool, w, &x, n, &gelu_epi);
+                    let plus_epi = Epilogue { bias: Some(&bias), gelu: false, residual: Some(&residual) };
+                    let got_plus = kernels::matmul_epilogue_vec(isa, &pool, w, &x, n, &plus_epi);
+                    if w.is_panels() && isa != Isa::Avx512 {
+                        assert!(got_gelu.is_err() && got_plus.is_err(), "only the batched kernel reads panels");
+                        continue;
+                    }
+                    // Separate passes on the same ISA: product, bias, then the GELU op (the
+                    // same arithmetic on every ISA) or the residual.
+                    let mut plain = vec![0f32; n * rows];
+                    kernels::matmul_with(isa, &pool, w, &x, n, &mut plain).unwrap();
+                    for row in plain.chunks_exact_mut(rows) {
+                        for (o, b) in row.iter_mut().zip(&bias) {
+                            *o += b;
+                        }
+                    }
+                    let t = Tensor::from_vec(plain.clone(), (n, rows), &Device::Cpu).unwrap();
+                    let gelu = t.apply_op1_no_bwd(&GeluErf).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let plus: Vec<f32> = plain.iter().zip(&residual).map(|(p, r)| r + p).collect();
+                    let what = format!("{:?} {rows}x{cols}, {n} tokens, {isa:?}", w.format());
+                    assert_eq!(got_gelu.unwrap(), gelu, "GELU: {what}");
+                    assert_eq!(got_plus.unwrap(), plus, "residual: {what}");
+                }
+            }
+        }
+        // Through candle: the op with GELU and the op plus a residual.
+        let w = CpuWeight::from_f32(Format::F32, rows, cols, &data).unwrap();
+        let op = CpuMatMul::with_bias(w, bias.clone()).unwrap();
+        let n = 37;
+        let xt = Tensor::from_vec(rng.vec(n * cols, 1.0), (1, n, cols), &Device::Cpu).unwrap();
+        let rt = Tensor::from_vec(rng.vec(n * rows, 1.0), (1, n, rows), &Device::Cpu).unwrap();
+        let y = xt.apply_op1_no_bwd(&op).unwrap();
+        let expect_gelu = y.apply_op1_no_bwd(&GeluErf).unwrap();
+        let got_gelu = xt.apply_op1_no_bwd(&op.clone().then_gelu()).unwrap();
+        assert_eq!(got_gelu.dims(), &[1, n, rows]);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&got_gelu), flat(&expect_gelu));
+        let got_plus = xt.apply_op2_no_bwd(&rt, &op.plus()).unwrap();
+        assert_eq!(flat(&got_plus), flat(&(&rt + &y).unwrap()));
+        // A residual of another shape, a strided one, f16 tensors: refused, not misread.
+        assert!(xt.apply_op2_no_bwd(&rt.narrow(1, 0, n - 1).unwrap(), &op.plus()).is_err());
+        let rt_t =
+            Tensor::from_vec(rng.vec(n * rows, 1.0), (1, rows, n), &Device::Cpu).unwrap().transpose(1, 2).unwrap();
+        assert!(xt.apply_op2_no_bwd(&rt_t, &op.plus()).is_err());
+        let half = |t: &Tensor| t.to_dtype(candle_core::DType::F16).unwrap();
+        assert!(half(&xt).apply_op2_no_bwd(&half(&rt), &op.plus()).is_err());
+        assert!(half(&xt).apply_op1_no_bwd(&op.clone().then_gelu()).is_err());
+    }
+    // A bias or residual that does not fit the output is an error on every path.
+    let w = CpuWeight::from_f32(Format::F32, 4, 32, &[0.0; 128]).unwrap();
+    let short = [0f32; 3];
+    for n in [1usize, 40] {
+        let x = vec![0f32; n * 32];
+        let pool = Pool::new(1);
+        let bad_bias = Epilogue { bias: Some(&short), ..Epilogue::default() };
+        assert!(kernels::matmul_epilogue_vec(Isa::detect(), &pool, &w, &x, n, &bad_bias).is_err());
+        let bad_res = Epilogue { residual: Some(&short), ..Epilogue::default() };
+        assert!(kernels::matmul_epilogue_vec(Isa::detect(), &pool, &w, &x, n, &bad_res).is_err());
+    }
+}
+
 #[test]
 fn f32_weights_laid_out_as_panels_give_the_batched_products() {
     use kernels::dense::batched;
@@ -452,9 +540,10 @@ fn f32_weights_laid_out_as_panels_give_the_batched_products() {
             assert_eq!((panels.rows(), panels.cols()), (rows, cols));
             for n in [1usize, 5, 13, 37] {
                 let x = rng.vec(n * cols, 1.0);
-                let got = kernels::matmul_bias_vec(Isa::Avx512, &pool, &panels, &x, n, Some(&bias)).unwrap();
+                let epi = Epilogue { bias: Some(&bias), ..Epilogue::default() };
+                let got = kernels::matmul_epilogue_vec(Isa::Avx512, &pool, &panels, &x, n, &epi).unwrap();
                 let mut expect = vec![0f32; n * rows];
-                kernels::matmul_bias_with(Isa::Avx512, &pool, &w, &x, n, Some(&bias), &mut expect).unwrap();
+                kernels::matmul_epilogue_with(Isa::Avx512, &pool, &w, &x, n, &epi, &mut expect).unwrap();
                 if n >= batched::threshold() {
                     // The same kernel on the same panels, packed per block or once at load.
                     assert_eq!(got, expect, "{rows}x{cols}, {n} tokens");
