@@ -116,8 +116,9 @@ fn matmul_packed(w: &CpuWeight, x: &[f32], n: usize, store: Store, pool: &pool::
     let threads = pool.n_threads();
     let per = groups.div_ceil(threads);
     // Up to MB groups per claimed chunk, and at least two chunks per thread so that a
-    // thread slowed by another process can be helped out.
-    let slabs = pool::Slabs::new(groups, threads, per.div_ceil(2).clamp(1, MB), 1);
+    // thread slowed by another process can be helped out; the chunks shrink toward the end
+    // of each slab, so the thread that runs out first waits for a small one.
+    let slabs = pool::Slabs::guided(groups, threads, per.div_ceil(2).clamp(1, MB), 1);
     pool.run(|tid| {
         slabs.for_each(tid, |gr| {
             #[cfg(target_arch = "x86_64")]
