@@ -212,7 +212,7 @@ macro_rules! dispatch_tile {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86b {
+pub(crate) mod x86b {
     use super::*;
     use std::arch::x86_64::*;
     use std::cell::RefCell;
@@ -234,9 +234,10 @@ mod x86b {
         acc: Vec<Z>,
     }
 
-    /// 16x16 transpose of f32 (see batched::x86::transpose16 for the derivation).
+    /// 16x16 transpose of f32 (see batched::x86::transpose16 for the derivation); also the
+    /// encoders' attention's, for their keys.
     #[inline(always)]
-    unsafe fn transpose16(r: &mut [__m512; 16]) {
+    pub(crate) unsafe fn transpose16(r: &mut [__m512; 16]) {
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
             t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -431,7 +432,7 @@ mod x86b {
 
     /// `out` for rows `r0 .. r0 + 32 * ng` (`ng` <= MB) and all `n` tokens, whose
     /// activations `xp` are packed by `pack_tokens`.
-    pub unsafe fn block(w: &CpuWeight, r0: usize, ng: usize, xp: SendPtr<f32>, n: usize, store: &Store) {
+    pub(super) unsafe fn block(w: &CpuWeight, r0: usize, ng: usize, xp: SendPtr<f32>, n: usize, store: &Store) {
         let cols = w.cols();
         let rows = w.rows();
         SCRATCH.with(|scratch| {
