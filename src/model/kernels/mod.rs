@@ -10,6 +10,8 @@
 //! * [`matmul`] computes `out[t][r] = sum_c W[r][c] * x[t][c]` for `n` tokens (`x` is n x cols,
 //!   `out` is n x rows, both row-major f32, i.e. candle's `x.matmul(&w.t())`).
 //!   [`CpuMatMul`] wraps it as a candle `CustomOp1` (`xs.apply_op1_no_bwd(&op)`).
+//!   [`matmul_epilogue_with`] adds an [`Epilogue`] applied as results are written (bias, exact
+//!   GELU, residual: fused into the batched dense path's register tiles).
 //! * [`GeluErf`], [`SiluMul`]: exact (erf) GELU and LLaMA's `silu(gate) · up` on f32 tensors,
 //!   vectorised and on the pool.
 //! * [`attention_decode`] is one query token against a preallocated `[kv_heads][capacity]

@@ -5,7 +5,8 @@
 //! loads, the shape of a GEMM micro-kernel. The activations are packed once per product, each
 //! token tile's 256-column chunk side by side, so that every block reads them in place. Used
 //! from [`BATCH_MIN`] tokens on, and for any token count on weights laid out as panels once at
-//! load (`to_panels`, the encoders' f32 weights), which it reads in place.
+//! load (`to_panels`, the encoders' f32 weights), which it reads in place. The last column
+//! chunk's tiles store their sums from the registers through the product's [`Epilogue`].
 
 use super::super::{pool, Epilogue};
 use super::*;
